@@ -1,0 +1,71 @@
+"""Turn (Hydra) configs into objects. Shared by train, eval and the tests."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from segpets.errors import ConfigError, SegpetsError
+from segpets.module import SegmentationModule
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_or_explain(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose failures name the config key; our own errors (data
+    missing, bad value) pass through unchanged."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, SegpetsError):
+            raise cause from None
+        detail = str(cause or err).strip().splitlines()[-1]
+        raise ConfigError(f"cannot build '{key}' ({cfg.get('_target_')}): {detail}") from err
+
+
+def build_module(cfg: DictConfig, with_optimizer: bool = True) -> SegmentationModule:
+    """Net + loss (+ optimizer/scheduler partials) from ``cfg``; the resolved ``cfg`` itself
+    rides along into every checkpoint."""
+    net = instantiate_or_explain(cfg.model, "model")
+    loss = instantiate_or_explain(cfg.loss, "loss")
+    optimizer = instantiate_or_explain(cfg.optimizer, "optimizer") if with_optimizer else None
+    scheduler = None
+    if with_optimizer and cfg.get("scheduler"):
+        scheduler = instantiate_or_explain(cfg.scheduler, "scheduler", _convert_="partial")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return SegmentationModule(net, loss, optimizer, scheduler, config=config)
+
+
+def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
+    return [instantiate_or_explain(c, f"callbacks.{k}") for k, c in (cfg or {}).items() if c]
+
+
+def build_loggers(cfg: DictConfig | None) -> list[Any]:
+    return [instantiate_or_explain(c, f"logger.{k}") for k, c in (cfg or {}).items() if c]
+
+
+def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tensor]]:
+    """(training config, model state dict) of a segpets checkpoint, loaded with
+    ``weights_only=True`` so a crafted pickle cannot run code."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: no such file '{path}'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt/truncated file, or a pickle that needs arbitrary code
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"ckpt_path: cannot load checkpoint '{path}': {first}") from None
+    config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
+    if not config or "model" not in config:
+        raise ConfigError(f"ckpt_path: '{path}' is not a segpets training checkpoint")
+    return OmegaConf.create(config), ckpt["state_dict"]

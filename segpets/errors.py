@@ -1,0 +1,44 @@
+"""User-facing errors: anything a user can fix (a path, a file, a config key) raises these.
+
+Entry points turn them into one line on stderr and exit code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+USER_ERROR_EXIT_CODE = 2
+
+
+class SegpetsError(Exception):
+    """A problem the user can fix; the message names the file or config key involved."""
+
+
+class DataError(SegpetsError):
+    """A dataset layout or file problem (missing root, unreadable image, bad trimap)."""
+
+
+class ConfigError(SegpetsError):
+    """A config value that cannot work (unknown choice, non-positive size, wrong checkpoint)."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Report ``SegpetsError`` as ``segpets: error: ...`` and exit 2.
+
+    ``HYDRA_FULL_ERROR=1`` re-raises so developers still get the traceback.
+    """
+    try:
+        yield
+    except SegpetsError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", err)
+        print(f"segpets: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None

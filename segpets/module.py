@@ -1,0 +1,80 @@
+"""The LightningModule: loss, metrics, logging and optimisers around any segmentation net."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from segpets.metrics import binarize, segmentation_metrics
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class SegmentationModule(L.LightningModule):
+    """Binary segmentation with ``net`` (images → (N, 1, H, W) logits).
+
+    ``optimizer`` is a partial taking the parameters; ``scheduler`` is Lightning's
+    lr-scheduler dict whose ``scheduler`` entry is a partial taking the optimizer (or ``None``).
+    ``config`` is the run's resolved config as plain data: it is saved in every checkpoint
+    (``hyper_parameters["config"]``) so eval/predict rebuild the exact net and preprocessing,
+    and it is what TensorBoard's hparams tab shows.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config or {}})
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_config = optimizer, scheduler
+        self.val_metrics = segmentation_metrics("val/")
+        self.test_metrics = segmentation_metrics("test/")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["mask"])
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(logits),
+            sync_dist=not on_step,
+        )
+        return loss, logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")[0]
+
+    def _eval_step(self, batch: dict, stage: str, metrics: nn.Module) -> None:
+        _, logits = self._step(batch, stage)
+        metrics.update(binarize(logits), batch["mask"].long())
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if not self.scheduler_config or self.scheduler_config.get("scheduler") is None:
+            return optimizer
+        scheduler = {**self.scheduler_config}
+        scheduler["scheduler"] = scheduler["scheduler"](optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

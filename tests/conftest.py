@@ -1,0 +1,41 @@
+"""Shared fixtures: the real mini dataset, composed configs, an isolated cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+MINI_DATA = Path(
+    os.environ.get("SEGPETS_MINI_DATA", REPO.parent / "shared" / "data" / "oxford-pet-mini")
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated data goes to a per-session folder (also for subprocesses), never ~/.cache."""
+    cache = tmp_path_factory.mktemp("segpets-cache")
+    os.environ["SEGPETS_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def mini_root() -> Path:
+    """The 400-image Oxford-IIIT Pet subset in ../shared (read-only); skip where absent."""
+    if not (MINI_DATA / "annotations" / "trainval.txt").is_file():
+        pytest.skip(f"real mini dataset not found at {MINI_DATA} (set SEGPETS_MINI_DATA)")
+    return MINI_DATA
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The real train config, composed as the CLI would, writing under ``output_dir``."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg

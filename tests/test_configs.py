@@ -1,0 +1,64 @@
+"""Every option of every config group composes with the main config, and builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+
+from segpets.build import build_callbacks, build_loggers, build_module
+from tests.conftest import CONFIG_DIR, compose_train
+
+GROUPS = [
+    "data",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "debug",
+]
+OPTIONS = [
+    (group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))
+]
+
+
+def test_every_group_has_options() -> None:
+    found = {g for g, _ in OPTIONS}
+    assert found == set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}"] + (["model.width=4"] if group != "model" else [])
+    cfg = compose_train(overrides, tmp_path)
+    if group not in ("experiment", "debug"):  # those two are @package _global_
+        assert group in cfg
+    if group in ("model", "loss", "optimizer", "scheduler", "experiment", "debug"):
+        module = build_module(cfg)
+        module.trainer = None
+        assert module.configure_optimizers() is not None
+    elif group == "callbacks":
+        assert all(isinstance(c, L.Callback) for c in build_callbacks(cfg.callbacks))
+    elif group == "logger":
+        build_loggers(cfg.logger)
+    elif group == "data":
+        assert instantiate(cfg.data).image_size > 0
+    elif group == "trainer" and option in ("default", "cpu"):
+        instantiate(cfg.trainer, accelerator="cpu", logger=False)
+
+
+def test_precision_is_overridable(tmp_path: Path) -> None:
+    cfg = compose_train(["trainer=cpu", "trainer.precision=bf16-mixed"], tmp_path)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.precision == "bf16-mixed"
+
+
+def test_cosine_scheduler_follows_max_epochs(tmp_path: Path) -> None:
+    cfg = compose_train(["scheduler=cosine", "trainer.max_epochs=7"], tmp_path)
+    assert cfg.scheduler.scheduler.T_max == 7
