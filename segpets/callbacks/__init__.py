@@ -1,0 +1,1 @@
+"""Lightning callbacks of segpets (each in its own module, enabled from configs/callbacks/)."""
