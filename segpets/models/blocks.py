@@ -45,6 +45,6 @@ def match_size(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     when the input is not divisible by the network's total stride."""
     dh = reference.shape[-2] - x.shape[-2]
     dw = reference.shape[-1] - x.shape[-1]
-    if dh == 0 and dw == 0:
-        return x
+    # no early return when dh == dw == 0 (a zero pad is a no-op): a branch on sizes would be
+    # baked in by ONNX/TorchScript export and break dynamic H×W
     return F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])

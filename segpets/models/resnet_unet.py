@@ -102,6 +102,6 @@ class ResNet34UNet(nn.Module):
             x_dec = block(x_dec, skips.pop())
         x_dec = self.final_conv(self.final_up(x_dec))  # (N, 32, ~H, ~W)
         logits = self.head(x_dec)
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
+        # always resized (an identity at equal sizes): a branch on sizes would be baked in by
+        # ONNX/TorchScript export and break dynamic H×W
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
