@@ -9,12 +9,28 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
 
 from segpets.build import build_callbacks, build_loggers, build_module, instantiate_or_explain
-from segpets.errors import user_errors
+from segpets.callbacks.resume import exit_code_on_preemption
+from segpets.checkpoint_io import refuse_overwrite, resolve_ckpt_path
+from segpets.errors import ConfigError, user_errors
 
 log = logging.getLogger(__name__)
+
+# Shown in TensorBoard's HPARAMS tab (with the config groups chosen and any overridden key).
+HPARAM_KEYS = (
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "model.width",
+    "model.encoder_weights",
+    "data.image_size",
+    "data.batch_size",
+    "trainer.max_epochs",
+    "seed",
+)
+HPARAM_GROUPS = ("experiment", "model", "optimizer", "scheduler", "data", "trainer")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -31,14 +47,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     metrics: dict[str, float] = {}
     if cfg.get("train"):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = _check_before_fit(cfg, module, datamodule, trainer)
+        with exit_code_on_preemption(trainer):  # SIGTERM/SIGINT: last.ckpt saved, exit 143/130
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
         if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
             best = trainer.checkpoint_callback.best_model_score
             metrics[f"best/{trainer.checkpoint_callback.monitor}"] = float(best)
     if cfg.get("test"):
         metrics.update(_test(trainer, module, datamodule))
+    _log_hparams(cfg, trainer, metrics)
     return metrics
+
+
+def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -> Path | None:
+    """Fail in seconds, not after hours: the optimizer settings, the test split (scanned now,
+    not after training), the checkpoint to resume from, and existing checkpoints in the way."""
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
+    try:
+        module.configure_optimizers()  # a dry run: torch checks every optimizer argument
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"optimizer/scheduler: {err}") from None
+    if cfg.get("test") and hasattr(datamodule, "dataset") and not datamodule.download:
+        datamodule.dataset("test")
+    ckpt_path = resolve_ckpt_path(cfg)
+    refuse_overwrite(getattr(trainer.checkpoint_callback, "dirpath", None), ckpt_path)
+    return ckpt_path
 
 
 def _test(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule):
@@ -54,6 +90,28 @@ def _test(trainer: L.Trainer, module: L.LightningModule, datamodule: L.Lightning
             f"  [checkpoint: {ckpt or 'in-memory weights'}; all metrics: {out}]"
         )
     return results
+
+
+def _log_hparams(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """TensorBoard's HPARAMS tab: the run's main settings next to its final metrics
+    (``hp/best/val/dice``, ``hp/test/dice``, ...), so the runs of a sweep compare side by side."""
+    final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith(("best/", "test/"))}
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    if not final or not loggers:
+        return
+    keys = list(HPARAM_KEYS)
+    params: dict[str, object] = {}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        choices = hydra_cfg.runtime.choices
+        params.update({g: choices[g] for g in HPARAM_GROUPS if choices.get(g)})
+        keys += [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not OmegaConf.is_config(value):
+            params[key] = value
+    for lg in loggers:
+        lg.log_hyperparams(params, final)
 
 
 def _floats(metrics) -> dict[str, float]:
