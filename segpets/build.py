@@ -17,6 +17,10 @@ from segpets.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
+# Keys of the `model` group that configure how the net runs, not what it is: build_module
+# consumes them, the net's constructor never sees them.
+FAST_PATH_KEYS = ("channels_last", "compile")
+
 
 def instantiate_or_explain(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` whose failures name the config key; our own errors (data
@@ -36,14 +40,20 @@ def instantiate_or_explain(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
 def build_module(cfg: DictConfig, with_optimizer: bool = True) -> SegmentationModule:
     """Net + loss (+ optimizer/scheduler partials) from ``cfg``; the resolved ``cfg`` itself
     rides along into every checkpoint."""
-    net = instantiate_or_explain(cfg.model, "model")
+    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    fast = {key: bool(model_cfg.pop(key, False)) for key in FAST_PATH_KEYS}
+    net = instantiate_or_explain(model_cfg, "model")
+    if fast["compile"]:
+        net.compile()  # in place: state-dict keys (and so checkpoints) stay as without compile
     loss = instantiate_or_explain(cfg.loss, "loss")
     optimizer = instantiate_or_explain(cfg.optimizer, "optimizer") if with_optimizer else None
     scheduler = None
     if with_optimizer and cfg.get("scheduler"):
         scheduler = instantiate_or_explain(cfg.scheduler, "scheduler", _convert_="partial")
     config = OmegaConf.to_container(cfg, resolve=True)
-    return SegmentationModule(net, loss, optimizer, scheduler, config=config)
+    return SegmentationModule(
+        net, loss, optimizer, scheduler, config=config, channels_last=fast["channels_last"]
+    )
 
 
 def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
