@@ -46,7 +46,12 @@ def test_panel_rows_are_image_truth_prediction() -> None:
 @pytest.fixture(scope="module")
 def events(tmp_path_factory: pytest.TempPathFactory) -> EventAccumulator:
     out = tmp_path_factory.mktemp("tb-run")
-    metrics = train(compose_train(TINY, out))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core machine runs this tiny net ~10x faster on one
+    try:
+        metrics = train(compose_train(TINY, out))
+    finally:
+        torch.set_num_threads(threads)
     assert "test/dice" in metrics and "best/val/dice" in metrics
     # fit, test and the final hparams each leave an event file; TensorBoard reads the folder
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})

@@ -1,0 +1,224 @@
+"""Summarise a sweep in one look: ``python -m segpets.summarize <multirun dir> [--sort KEY]``.
+
+Every run folder under the given directory (any folder with a ``.hydra/`` inside: a multirun,
+``outputs/<task>/runs`` or a single run) becomes one row: the overrides that differ between
+runs, best val Dice, test Dice, epochs and wall time, sorted by ``--sort`` (best first). The
+table is printed as Markdown and written to ``summary.csv``; ``summary_loss.png`` (train and val
+loss per epoch) and ``summary_val_dice.png`` (val Dice per epoch) plot every run.
+
+One source for the curves: the TensorBoard event files each run writes (the default logger).
+Test Dice comes from ``test_metrics.json``, the file ``segpets.train`` writes after testing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from segpets.errors import ConfigError, user_errors
+
+COLUMNS = ("run", "overrides", "best_val_dice", "test_dice", "epochs", "wall_s")
+CURVES = {"train_loss": "train/loss_epoch", "val_loss": "val/loss", "val_dice": "val/dice"}
+
+
+@dataclass
+class Run:
+    """One training run: where it is, what it changed, and what it measured."""
+
+    path: Path
+    overrides: list[str]
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # name → (epoch, v)
+    test_dice: float = math.nan
+    wall_s: float = math.nan
+
+    @property
+    def best_val_dice(self) -> float:
+        return max((v for _, v in self.curves.get("val_dice", [])), default=math.nan)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained (the last epoch any curve reached, counted from 1)."""
+        return 1 + max((e for c in self.curves.values() for e, _ in c), default=-1)
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every run folder under ``root`` (``root`` itself if it is one), in path order."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigError(f"no such directory '{root}' (give a multirun or run folder)")
+    dirs = sorted({p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}, key=_run_key)
+    if not dirs:
+        raise ConfigError(f"no runs under '{root}' (expected folders with .hydra/overrides.yaml)")
+    return [load_run(d) for d in dirs]
+
+
+def _run_key(path: Path) -> tuple:
+    """Numeric job folders (0, 1, …, 10) in numeric order, others by name."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
+
+
+def load_run(path: Path) -> Run:
+    overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
+    run = Run(path=path, overrides=[str(o) for o in overrides])
+    report = path / "test_metrics.json"
+    if report.is_file():
+        run.test_dice = json.loads(report.read_text())["metrics"].get("test/dice", math.nan)
+    run.curves, run.wall_s = read_curves(path / "tensorboard")
+    return run
+
+
+def read_curves(logdir: Path) -> tuple[dict[str, list[tuple[int, float]]], float]:
+    """Per-epoch curves from a run's TensorBoard folder, and the time from its first to its
+    last event (training and testing, without start-up) in seconds."""
+    if not logdir.is_dir():
+        return {}, math.nan
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0}).Reload()
+    tags = set(acc.Tags()["scalars"])
+    if "epoch" not in tags:
+        return {}, math.nan
+    step_epoch: dict[int, int] = {}  # logging step → epoch; the end of epoch e and the start
+    for event in acc.Scalars("epoch"):  # of e+1 can share a step: the end's values are epoch e
+        step_epoch[event.step] = min(int(event.value), step_epoch.get(event.step, 10**9))
+    curves = {
+        name: [(step_epoch.get(e.step, -1), e.value) for e in acc.Scalars(tag)]
+        for name, tag in CURVES.items()
+        if tag in tags
+    }
+    times = [e.wall_time for tag in tags for e in acc.Scalars(tag)]
+    return curves, max(times) - min(times)
+
+
+def varying(runs: list[Run]) -> tuple[list[list[str]], list[str]]:
+    """Each run's overrides that not all runs share, and the shared ones."""
+    common = set.intersection(*(set(r.overrides) for r in runs)) if len(runs) > 1 else set()
+    own = [[o for o in r.overrides if o not in common] for r in runs]
+    return own, [o for o in runs[0].overrides if o in common]
+
+
+def table(runs: list[Run], sort: str = "best_val_dice") -> tuple[list[dict], list[str]]:
+    """Rows (dicts over ``COLUMNS``) sorted by ``sort``, best first (NaN last), and the
+    overrides every run shares."""
+    if sort not in COLUMNS[2:]:
+        raise ConfigError(f"--sort must be one of {', '.join(COLUMNS[2:])}; got '{sort}'")
+    own, common = varying(runs)
+    rows = [
+        {
+            "run": str(r.path),
+            "overrides": " ".join(o) or "(none)",
+            "best_val_dice": r.best_val_dice,
+            "test_dice": r.test_dice,
+            "epochs": r.epochs,
+            "wall_s": r.wall_s,
+        }
+        for r, o in zip(runs, own, strict=True)
+    ]
+    sign = 1 if sort == "wall_s" else -1  # less time is better; more of the rest is
+
+    def key(row: dict) -> tuple[bool, float]:
+        value = float(row[sort])
+        return (math.isnan(value), 0.0 if math.isnan(value) else sign * value)
+
+    rows.sort(key=key)
+    return rows, common
+
+
+def markdown(rows: list[dict], root: Path) -> str:
+    def cell(key: str, value: object) -> str:
+        if key == "run":
+            return str(Path(str(value)).relative_to(root)) if value != str(root) else "."
+        if isinstance(value, float):
+            return (
+                "–" if math.isnan(value) else f"{value:.1f}" if key == "wall_s" else f"{value:.4f}"
+            )
+        return str(value)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(k, row[k]) for k in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(runs: list[Run], labels: list[str], out: Path) -> list[Path]:
+    """``summary_loss.png`` (train solid, val dashed) and ``summary_val_dice.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {"loss": ("train_loss", "val_loss"), "val_dice": ("val_dice",)}
+    written = []
+    for name, curves in figures.items():
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
+            for curve, style in zip(curves, ("-", "--"), strict=False):
+                points = run.curves.get(curve, [])
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    tag = f"{label} ({curve})" if len(curves) > 1 else label
+                    ax.plot(xs, ys, style, color=f"C{i % 10}", marker=".", label=tag)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (BCE + Dice)" if name == "loss" else "val Dice (per-image mean)")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="best")
+        path = out / f"summary_{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def summarize(root: Path, sort: str = "best_val_dice", out: Path | None = None) -> list[dict]:
+    """Print the table, write ``summary.csv`` and the plots into ``out`` (default ``root``)."""
+    root = Path(root).expanduser().resolve()
+    runs = find_runs(root)
+    rows, common = table(runs, sort)
+    out = Path(out or root)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "summary.csv")
+    own = dict(zip((str(r.path) for r in runs), varying(runs)[0], strict=True))
+    labels = [" ".join(own[str(r.path)]) or r.path.name for r in runs]
+    plots = plot(runs, labels, out)
+    print(f"{len(rows)} runs in {root}, sorted by {sort}")
+    if common:
+        print(f"shared overrides: {' '.join(common)}")
+    print()
+    print(markdown(rows, root))
+    print()
+    print(f"written: {out / 'summary.csv'}, " + ", ".join(str(p) for p in plots))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="segpets-summarize", description=__doc__.split("\n")[0])
+    parser.add_argument("root", type=Path, help="a multirun folder (or any folder of runs)")
+    parser.add_argument("--sort", default="best_val_dice", help=f"one of {COLUMNS[2:]}")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: root)")
+    args = parser.parse_args(argv)
+    # user_errors() prints its one line itself; without Hydra's logging set up, its log record
+    # would reach Python's last-resort handler and be printed a second time
+    logging.getLogger("segpets.errors").addHandler(logging.NullHandler())
+    with user_errors():
+        summarize(args.root, args.sort, args.out)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

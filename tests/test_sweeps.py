@@ -1,0 +1,134 @@
+"""Hydra multiruns as users start them: a grid on joblib (then summarised), submitit_local
+(SLURM's local twin) and an Optuna search (on the basic launcher)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segpets.summarize import main as summarize_cli
+from segpets.summarize import read_curves
+
+# A tiny net on a small generated set: each job trains 2 epochs of 2 batches in ~2 s.
+# One intra-op thread per job: on a busy 2-core machine, torch's default threads fight over
+# the cores and the same tiny job takes ~10x longer.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = [
+    "data=synthetic",
+    "data.num_trainval=40",
+    "data.num_test=12",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "model.width=4",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_test_batches=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def multirun(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "segpets.train", "-m", *TINY, *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def swept(job: Path, keys: tuple[str, ...]) -> dict[str, str]:
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    return {k: v for k, v in (o.split("=", 1) for o in overrides) if k in keys}
+
+
+@pytest.mark.slow
+def test_grid_multirun_on_joblib_and_its_summary(tmp_path: Path, capsys) -> None:
+    """The 2×2 lr × weight-decay grid, two jobs at a time on joblib's worker processes."""
+    sweep = tmp_path / "grid"
+    proc = multirun(
+        [
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "optimizer.lr=1e-4,5e-3",
+            "optimizer.weight_decay=0,1e-5",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 4
+    keys = ("optimizer.lr", "optimizer.weight_decay")
+    grid = {tuple(swept(j, keys).values()) for j in jobs}  # as Hydra wrote them
+    assert {tuple(map(float, g)) for g in grid} == {(a, b) for a in (1e-4, 5e-3) for b in (0, 1e-5)}
+    assert all((j / "test_metrics.json").is_file() for j in jobs)
+
+    summarize_cli([str(sweep)])  # the `python -m segpets.summarize` entry point, in-process
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 4  # header + one row per run
+    with (sweep / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    best = [float(r["best_val_dice"]) for r in rows]
+    assert best == sorted(best, reverse=True) and all(0 <= b <= 1 for b in best)
+    expected = {f"optimizer.lr={a} optimizer.weight_decay={b}" for a, b in grid}
+    assert {r["overrides"] for r in rows} == expected
+    assert all(int(r["epochs"]) == 2 and 0 <= float(r["test_dice"]) <= 1 for r in rows)
+    for name in ("summary_loss.png", "summary_val_dice.png"):
+        assert (sweep / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher(tmp_path: Path) -> None:
+    sweep = tmp_path / "submitit"
+    multirun(
+        [
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=5",
+            "hydra.launcher.cpus_per_task=1",
+            "optimizer.weight_decay=1e-5",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 1 and all((j / "test_metrics.json").is_file() for j in jobs)
+    assert list((sweep / ".submitit").glob("*/*_result.pkl"))  # submitit ran them
+
+
+@pytest.mark.slow
+def test_optuna_search_of_three_trials(tmp_path: Path) -> None:
+    sweep = tmp_path / "optuna"
+    multirun(
+        [
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 3
+    lrs = [float(swept(j, ("optimizer.lr",))["optimizer.lr"]) for j in jobs]
+    assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 3e-3 for lr in lrs)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    # the sweeper maximised what main returned: the best val/dice over each trial
+    best = max(v for j in jobs for _, v in read_curves(j / "tensorboard")[0]["val_dice"])
+    assert results["best_value"] == pytest.approx(best, abs=1e-6)
