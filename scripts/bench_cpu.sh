@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Re-measure docs/benchmarks.md on an idle CPU machine (~15 minutes on 2 cores):
+#   1. segpets.bench for the cpu_fast model (UNet width 16 + BatchNorm, 96 px, batch 16)
+#   2. segpets.bench for the seed UNet (width 64) at 256 px, batch 2
+#   3. experiment=cpu_fast trained on the mini set, timed, and its Dice-vs-minutes curve
+# Usage: scripts/bench_cpu.sh [OUT_DIR] [MINI_ROOT]   (run from the repo root)
+set -euo pipefail
+OUT=$(realpath -m "${1:-/tmp/segpets-bench-$(date -u +%Y%m%d-%H%M%S)}")
+MINI=$(realpath "${2:-../shared/data/oxford-pet-mini}")
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/bench_cpu.log") 2>&1
+
+machine() {
+  echo "## $1 — $(date -u '+%Y-%m-%d %H:%M:%S') UTC, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(nproc) cores, git $(git rev-parse --short HEAD)"
+QUIET="callbacks.progress_bar.refresh_rate=0"
+
+machine "bench: cpu_fast model"
+SEGPETS_CACHE_DIR="$OUT/cache-bench" $PY -m segpets.bench data.root="$MINI" \
+  model.width=16 model.batch_norm=true data.image_size=96 batch_size=16 \
+  hydra.run.dir="$OUT/bench_cpu_fast"
+
+machine "bench: seed UNet at 256 px"
+SEGPETS_CACHE_DIR="$OUT/cache-bench" $PY -m segpets.bench data.root="$MINI" \
+  model.width=64 data.image_size=256 batch_size=2 warmup=1 steps=2 repeats=3 \
+  data_bench.batches=8 hydra.run.dir="$OUT/bench_unet256"
+
+machine "train: experiment=cpu_fast (fresh cache: its build counts in the wall time)"
+start=$(date +%s)
+SEGPETS_CACHE_DIR="$OUT/cache-train" $PY -m segpets.train experiment=cpu_fast \
+  data.root="$MINI" $QUIET hydra.run.dir="$OUT/cpu_fast"
+wall=$(( $(date +%s) - start ))
+echo "cpu_fast wall time: ${wall} s (python start-up, cache build, fit and test)"
+machine "done"
+$PY scripts/dice_curve.py "$OUT/cpu_fast" --csv "$OUT/cpu_fast_curve.csv"
+echo "outputs: $OUT"

@@ -1,0 +1,90 @@
+"""``python -m segpets.bench`` at tiny sizes: every benchmark row and every column, in the
+printed Markdown and in the CSV/JSON it writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segpets.bench import COLUMNS, Timer, timed_rates
+
+TINY = [
+    "data=synthetic",
+    "model.width=4",
+    "data.image_size=32",
+    "batch_size=4",
+    "warmup=1",
+    "steps=2",
+    "repeats=2",
+    "peak.n=64",
+    "peak.repeats=2",
+    "data_bench.workers=[0,1]",
+    "data_bench.batches=2",
+]
+
+
+@pytest.mark.slow
+def test_bench_cli_emits_every_row_and_column(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "segpets.bench", *TINY, "hydra.run.dir=run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run"
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    report = json.loads((out / "bench.json").read_text())
+    assert list(rows[0]) == COLUMNS and len(report["rows"]) == len(rows)
+    assert "| " + " | ".join(COLUMNS) + " |" in proc.stdout
+    assert (out / "bench.md").read_text() in proc.stdout
+
+    variants = {(r["benchmark"], r["variant"]) for r in rows}
+    assert variants == {
+        ("peak", "matmul 64x64 fp32"),
+        ("peak", "matmul 64x64 bf16"),
+        ("train", "lightning 32-true"),
+        ("train", "plain loop 32-true"),
+        *(
+            ("inference", f"{fmt} {p}")
+            for fmt in ("NCHW", "channels_last")
+            for p in ("fp32", "bf16")
+        ),
+        *(("data", f"{c}, {w} workers") for c in ("no cache", "cache") for w in (0, 1)),
+    }
+    for r in rows:
+        low, mid, high = (float(r[k]) for k in ("img_per_s_min", "img_per_s", "img_per_s_max"))
+        assert 0 < low <= mid <= high, r
+        if r["benchmark"] != "peak":
+            assert float(r["ratio"]) > 0, r
+        if r["benchmark"] in ("train", "inference"):
+            assert float(r["gflop_per_img"]) > 0 and float(r["peak_fraction"]) > 0, r
+            assert float(r["gflop_per_s"]) == pytest.approx(
+                float(r["img_per_s"]) * float(r["gflop_per_img"]), rel=1e-6
+            )
+    train = {r["variant"]: float(r["img_per_s"]) for r in rows if r["benchmark"] == "train"}
+    ratio = next(float(r["ratio"]) for r in rows if r["variant"] == "lightning 32-true")
+    assert ratio == pytest.approx(train["lightning 32-true"] / train["plain loop 32-true"])
+    meta = report["meta"]
+    assert meta["model"] == "UNet" and meta["image_size"] == 32 and meta["batch_size"] == 4
+    assert "cache ready in" in next(r["note"] for r in rows if r["variant"] == "cache, 0 workers")
+
+
+def test_timed_rates_excludes_warmup() -> None:
+    """Warm-up calls are not timed: a slow first call does not lower the rate."""
+    calls = []
+
+    def step() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            __import__("time").sleep(0.3)
+
+    rates = timed_rates(step, Timer(__import__("torch").device("cpu")), 1, 3, 2, images=4)
+    assert len(calls) == 1 * 2 + 3 * 2 and len(rates) == 2
+    assert min(rates) > 4 * 3 / 0.3  # the 0.3 s warm-up would have capped the rate at 40 img/s
