@@ -35,7 +35,12 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
-    overrides = [f"{group}={option}"] + (["model.width=4"] if group != "model" else [])
+    overrides = [f"{group}={option}"]
+    model = compose_train(overrides, tmp_path).model
+    if group != "model" and "width" in model:  # experiments may pick a model without a width
+        overrides.append("model.width=4")
+    if model.get("encoder_weights") == "imagenet":  # offline here; tests/test_experiments.py
+        overrides.append("model.encoder_weights=null")  # loads a local weights file instead
     cfg = compose_train(overrides, tmp_path)
     if group not in ("experiment", "debug"):  # those two are @package _global_
         assert group in cfg
