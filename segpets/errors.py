@@ -39,6 +39,17 @@ def user_errors() -> Iterator[None]:
     except SegpetsError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s", err)
-        print(f"segpets: error: {err}", file=sys.stderr, flush=True)
+        message = _original_message(str(err))
+        log.error("%s", message)
+        print(f"segpets: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
+def _original_message(text: str) -> str:
+    """A DataLoader worker re-raises our error with its traceback folded into the message
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); the user
+    needs only the original last line."""
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last

@@ -35,6 +35,7 @@ HPARAM_GROUPS = ("experiment", "model", "optimizer", "scheduler", "data", "train
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns all logged metrics plus ``best/<monitor>``."""
+    _check_positive(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_or_explain(cfg.data, "data")
@@ -60,12 +61,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _check_positive(cfg: DictConfig) -> None:
+    """Sizes and lr that no library rejects clearly (lr=0 trains nothing; size 0 fails deep
+    inside albumentations' validation)."""
+    for key in ("optimizer.lr", "data.image_size", "data.batch_size"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float)) and not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+
+
 def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -> Path | None:
     """Fail in seconds, not after hours: the optimizer settings, the test split (scanned now,
     not after training), the checkpoint to resume from, and existing checkpoints in the way."""
-    lr = cfg.optimizer.get("lr")
-    if lr is not None and not lr > 0:
-        raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
     try:
         module.configure_optimizers()  # a dry run: torch checks every optimizer argument
     except (ValueError, TypeError) as err:

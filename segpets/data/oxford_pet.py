@@ -8,15 +8,19 @@ is converted to RGB here, and every failure names its file.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from segpets.errors import DataError
+
+log = logging.getLogger(__name__)
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 SPLIT_FILES = {"trainval": "trainval.txt", "test": "test.txt"}
@@ -58,33 +62,67 @@ def split_every_nth(names: Sequence[str], every: int) -> tuple[list[str], list[s
     return train, val
 
 
-def _open(path: Path) -> Image.Image:
+def _decode(path: Path, mode: str | None = None) -> np.ndarray:
+    """Decode ``path`` (converted to ``mode`` if given) into an array, or raise ``DataError``
+    naming the file: PIL raises many exception types on malformed files (OSError, SyntaxError,
+    EOFError, struct.error, IndexError, ...; tests/test_fuzz.py feeds it thousands)."""
     try:
-        img = Image.open(path)
-        img.load()  # decode now so truncated files fail here, with the file name
-        return img
+        with Image.open(path) as img:
+            img.load()  # decode now so truncated files fail here, with the file name
+            return np.asarray(img.convert(mode) if mode else img)
     except FileNotFoundError:
         raise DataError(f"file not found: '{path}'") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot read image '{path}': {err}") from None
     except Image.DecompressionBombError as err:
         raise DataError(f"image '{path}' exceeds the decompression-bomb limit: {err}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image '{path}': not an image file PIL can identify") from None
+    except Exception as err:  # any decoder failure means this file is broken
+        raise DataError(f"cannot read image '{path}': {type(err).__name__}: {err}") from None
 
 
 def load_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8; GIF/palette/RGBA/grayscale/CMYK all become RGB (alpha is dropped)."""
-    return np.asarray(_open(path).convert("RGB"), dtype=np.uint8)
+    return _decode(path, "RGB").astype(np.uint8, copy=False)
 
 
 def load_mask(path: Path) -> np.ndarray:
     """(H, W) uint8 binary mask: trimap pet (1) and border (3) → 1, background (2) → 0."""
-    trimap = np.asarray(_open(path))
+    trimap = _decode(path)
     if trimap.ndim != 2:
         raise DataError(f"trimap '{path}' must be single-channel, got shape {trimap.shape}")
     bad = np.setdiff1d(np.unique(trimap), [TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER])
     if bad.size:
-        raise DataError(f"trimap '{path}' has values {bad.tolist()} outside {{1, 2, 3}}")
+        raise DataError(f"trimap '{path}' has values {bad.tolist()[:10]} outside {{1, 2, 3}}")
     return (trimap != TRIMAP_BACKGROUND).astype(np.uint8)
+
+
+def scan_sample(root: Path, name: str) -> list[str]:
+    """Problems of one sample found from the file headers alone (about 1 ms, no decoding):
+    missing, empty, not an image, over the decompression-bomb limit, a multi-channel trimap,
+    image and trimap sizes that differ. Each problem names its file. Truncated data and trimap
+    values are only seen when the sample is decoded (:func:`load_pair`)."""
+    problems, sizes = [], {}
+    for kind, path in (("image", image_path(root, name)), ("trimap", trimap_path(root, name))):
+        if not path.is_file():
+            problems.append(f"'{path}' (missing)")
+        elif path.stat().st_size == 0:
+            problems.append(f"'{path}' (empty file)")
+        else:
+            try:
+                with Image.open(path) as img:  # reads the header only
+                    sizes[kind], bands = img.size, len(img.getbands())
+            except Image.DecompressionBombError:
+                problems.append(f"'{path}' (over the decompression-bomb limit)")
+                continue
+            except Exception:
+                problems.append(f"'{path}' (not an image)")
+                continue
+            if kind == "trimap" and bands != 1:
+                problems.append(f"'{path}' (trimap with {bands} channels, expected 1)")
+    if len(sizes) == 2 and sizes["image"] != sizes["trimap"]:
+        (w, h), (tw, th) = sizes["image"], sizes["trimap"]
+        problems.append(f"'{image_path(root, name)}' ({w}x{h}, but its trimap is {tw}x{th})")
+    return problems
 
 
 def load_pair(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +139,32 @@ def load_pair(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 Transform = Callable[..., dict]
 
 
+class TorchSeeded:
+    """An albumentations pipeline re-seeded from torch's RNG for every sample.
+
+    Albumentations 2 ignores the global seeds (each ``Compose`` owns its generator), so on its
+    own the augmentations differ between two runs with the same ``seed=``, repeat across
+    DataLoader workers (forked copies of one generator), and cannot be restored on resume.
+    Torch's RNG is seeded by ``seed_everything``, per worker by the DataLoader, and saved in
+    checkpoints by :class:`segpets.callbacks.resume.ExactResume`, so all three hold here.
+    """
+
+    def __init__(self, transform: Transform) -> None:
+        self.transform = transform
+
+    def __call__(self, **data: Any) -> dict:
+        self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
+        return self.transform(**data)
+
+
+def collate_skipping_bad(batch: list[dict | None]) -> dict:
+    """``default_collate`` of the samples that loaded (``None`` marks a skipped bad one)."""
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        raise DataError(f"all {len(batch)} samples of a batch are bad (see the warnings above)")
+    return default_collate(kept)
+
+
 class PetSegmentationDataset(Dataset):
     """Samples ``{"image": float (3,H,W), "mask": float (1,H,W), "name": str}``.
 
@@ -108,17 +172,26 @@ class PetSegmentationDataset(Dataset):
     ends in ``ToTensorV2``; it is applied jointly so image and mask stay aligned.
     """
 
-    def __init__(self, root: str | Path, names: Sequence[str], transform: Transform) -> None:
+    def __init__(
+        self, root: str | Path, names: Sequence[str], transform: Transform, skip_bad: bool = False
+    ) -> None:
         self.root = Path(root)
         self.names = list(names)
         self.transform = transform
+        self.skip_bad = skip_bad  # data.bad_samples=skip: a sample that fails to decode → None
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict:
         name = self.names[index]
-        image, mask = load_pair(self.root, name)
+        try:
+            image, mask = load_pair(self.root, name)
+        except DataError as err:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping a bad sample (data.bad_samples=skip): %s", err)
+            return None  # dropped by collate_skipping_bad
         out = self.transform(image=image, mask=mask)
         return {
             "image": out["image"],
