@@ -1,8 +1,11 @@
 """Evaluate a checkpoint with ``lightning test``:
-``python -m segpets.eval ckpt_path=PATH [data.root=DIR] [split=test|val]``.
+``python -m segpets.eval ckpt_path=PATH [data.root=DIR] [split=test|val] [eval.tta=hflip]
+[eval.full_res=true]``.
 
 The net, preprocessing and precision are rebuilt from the config stored in the checkpoint,
-so the Dice printed here is the one ``segpets.train`` reported for that checkpoint.
+so the Dice printed here is the one ``segpets.train`` reported for that checkpoint. Beside
+``metrics.json`` the run folder gets per-image/species/breed CSVs and overlays of the worst
+images (also logged to TensorBoard).
 """
 
 from __future__ import annotations
@@ -14,44 +17,129 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.build import build_module, instantiate_or_explain, load_checkpoint
 from segpets.errors import ConfigError, user_errors
+from segpets.evaluation.collector import EvalCollector
+from segpets.evaluation.ops import HFlipTTA, check_tta
+from segpets.evaluation.report import (
+    format_table,
+    group_rows,
+    save_png,
+    species_and_breeds,
+    write_csv,
+)
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test (or validate, for ``split=val``) the checkpoint; writes ``metrics.json``."""
+def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
+    """Test (or validate, for ``split=val``) the checkpoint; writes ``metrics.json``, the CSVs
+    and the worst-image overlays into ``output_dir`` (default: the Hydra run folder)."""
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
     saved, state_dict = load_checkpoint(ckpt_path)
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got '{cfg.split}'")
+    opts = cfg.get("eval") or {}
+    tta = opts.get("tta")
+    check_tta(tta, "eval.tta")
+    if int(opts.get("boundary_tolerance", 2)) < 0 or int(opts.get("worst_k", 16)) < 0:
+        raise ConfigError("eval.boundary_tolerance and eval.worst_k must be >= 0")
     overrides = {k: v for k, v in cfg.data.items() if v is not None}
     datamodule = instantiate_or_explain(OmegaConf.merge(saved.data, overrides), "data")
     module = build_module(saved, with_optimizer=False)
     module.load_state_dict(state_dict)
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=saved.trainer.get("precision", "32-true"),
-        logger=False,
-        default_root_dir=output_dir,
-    )
-    run = trainer.test if cfg.split == "test" else trainer.validate
-    metrics = {k: float(v) for k, v in run(module, datamodule=datamodule)[0].items()}
+    output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    columns: dict[str, dict[str, float]] = {}
+    plain = None
+    if tta:  # the same checkpoint without TTA first, for the comparison column
+        plain, _ = _run(cfg, saved, module, datamodule, output_dir, worst_k=0, logger=False)
+        columns.update(_columns(plain, cfg.split, ""))
+        module.net = HFlipTTA(module.net)
+    logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
+    metrics, collector = _run(cfg, saved, module, datamodule, output_dir, logger=logger)
+    columns.update(_columns(metrics, cfg.split, f" +{tta}" if tta else ""))
+    _write_breakdown(collector, datamodule.root, output_dir, logger)
+
     report = {
         "ckpt_path": str(ckpt_path),
         "split": cfg.split,
         "data_root": str(datamodule.root),
+        "image_size": saved.data.get("image_size"),
+        "tta": tta,
+        "full_res": bool(opts.get("full_res")),
+        "boundary_tolerance_px": int(opts.get("boundary_tolerance", 2)),
+        "images": len(collector.records),
         "metrics": metrics,
     }
+    if plain is not None:
+        report["metrics_without_tta"] = plain
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    print(format_table(columns))
     dice = metrics.get(f"{cfg.split}/dice", float("nan"))
     print(f"{cfg.split}/dice (per-image mean Dice) = {dice:.4f}  [all metrics: {output_dir}]")
     return metrics
+
+
+def _run(cfg, saved, module, datamodule, output_dir, logger, worst_k=None):
+    """One ``trainer.test``/``validate`` pass with an :class:`EvalCollector` attached."""
+    opts = cfg.get("eval") or {}
+    collector = EvalCollector(
+        cfg.split,
+        datamodule.root,
+        datamodule.mean,
+        datamodule.std,
+        boundary_tolerance=int(opts.get("boundary_tolerance", 2)),
+        full_res=bool(opts.get("full_res")),
+        worst_k=int(opts.get("worst_k", 16)) if worst_k is None else worst_k,
+    )
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=saved.trainer.get("precision", "32-true"),
+        logger=logger,
+        callbacks=[collector],
+        enable_progress_bar=bool(cfg.get("progress_bar", True)),
+        default_root_dir=output_dir,
+    )
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    results = run(module, datamodule=datamodule, verbose=False)[0]
+    return {k: float(v) for k, v in results.items()}, collector
+
+
+def _columns(metrics: dict[str, float], split: str, suffix: str) -> dict[str, dict[str, float]]:
+    """Table columns: eval-resolution metrics and (if any) full-resolution ones."""
+    full = f"{split}/full_res/"
+    evalres = {k.split("/", 1)[1]: v for k, v in metrics.items() if not k.startswith(full)}
+    columns = {f"eval-res{suffix}": evalres}
+    fullres = {k[len(full) :]: v for k, v in metrics.items() if k.startswith(full)}
+    if fullres:
+        columns[f"full-res{suffix}"] = fullres
+    return columns
+
+
+def _write_breakdown(collector: EvalCollector, root: Path, out: Path, logger) -> None:
+    """per_image.csv, per_species.csv, per_breed.csv (worst first) and worst/*.png."""
+    labels = species_and_breeds(Path(root), [r["name"] for r in collector.records])
+    records = [
+        {"name": r["name"], "species": labels[r["name"]][0], "breed": labels[r["name"]][1]}
+        | {k: round(v, 6) for k, v in r.items() if k != "name"}
+        for r in collector.records
+    ]
+    write_csv(out / "per_image.csv", sorted(records, key=lambda r: (r["dice"], r["name"])))
+    write_csv(out / "per_species.csv", group_rows(records, "species"))
+    write_csv(out / "per_breed.csv", group_rows(records, "breed"))
+    panels = collector.worst_panels()
+    if panels:
+        (out / "worst").mkdir(exist_ok=True)
+    for rank, (name, dice, panel) in enumerate(panels, 1):
+        save_png(out / "worst" / f"{rank:02d}_{name}_dice{dice:.3f}.png", panel)
+        logger.experiment.add_image(f"worst/{rank:02d}_{name}", panel, dataformats="HWC")
+    logger.experiment.flush()
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")

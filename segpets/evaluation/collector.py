@@ -1,0 +1,131 @@
+"""A Lightning callback that collects per-image results while ``trainer.test``/``validate``
+runs the module's own loop, so the report's headline numbers are the module's, unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_f1_score
+
+from segpets.data.oxford_pet import load_mask, trimap_path
+from segpets.evaluation.ops import resize_logits
+from segpets.evaluation.report import overlay_panel
+from segpets.metrics import PerImageBoundaryF1, binarize, segmentation_metrics
+
+
+def per_image_dice(preds: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(N,) Dice of binary (N, 1, H, W) masks, as ``PerImageDice`` (empty/empty = 1)."""
+    dice = binary_f1_score(
+        preds, truth, multidim_average="samplewise", zero_division=1.0, validate_args=False
+    )
+    return dice.reshape(-1)  # torchmetrics squeezes N = 1 to a scalar
+
+
+class EvalCollector(L.Callback):
+    """Per image: Dice, IoU, boundary F1 (and, with ``full_res``, the same at the image's
+    original size against its original trimap); keeps the ``worst_k`` images by Dice.
+
+    Logs ``{split}/boundary_f1`` and ``{split}/full_res/*`` at epoch end, so they come back
+    from ``trainer.test`` beside the module's metrics. Single-process only (eval runs on one
+    device): the per-image lists are not gathered across ranks.
+    """
+
+    def __init__(
+        self,
+        split: str,
+        root: Path,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        boundary_tolerance: int = 2,
+        full_res: bool = False,
+        worst_k: int = 16,
+    ) -> None:
+        self.split, self.root, self.full_res, self.worst_k = split, Path(root), full_res, worst_k
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.boundary = PerImageBoundaryF1(boundary_tolerance)
+        self.full_metrics = segmentation_metrics(f"{split}/full_res/")
+        for metric in self.full_metrics.values():  # inputs are binarised here; torchmetrics'
+            metric.validate_args = False  # check (a torch.unique per update) dominated run time
+        self.full_boundary = PerImageBoundaryF1(boundary_tolerance)
+        self.records: list[dict[str, Any]] = []
+        self.worst: list[dict[str, Any]] = []  # ≤ worst_k entries, lowest Dice first
+
+    # --- Lightning hooks ----------------------------------------------------------------
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
+        self._collect(outputs, batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0):
+        self._collect(outputs, batch)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        self._log(pl_module)
+
+    # --- collection ---------------------------------------------------------------------
+    @torch.no_grad()
+    def _collect(self, logits: torch.Tensor, batch: dict) -> None:
+        logits = logits.detach().float().cpu()  # (N, 1, h, w)
+        preds, truth = binarize(logits), batch["mask"].detach().cpu().long()
+        dice = per_image_dice(preds, truth)
+        bf1 = self._update(self.boundary, preds, truth)
+        for i, name in enumerate(batch["name"]):
+            rec = {"name": name, "dice": float(dice[i]), "iou": float(dice[i] / (2 - dice[i]))}
+            rec["boundary_f1"] = float(bf1[i])
+            if self.full_res:
+                rec.update(self._score_full_res(logits[i : i + 1], name))
+            self.records.append(rec)
+        self._keep_worst(dice, batch, preds, truth)
+
+    @staticmethod
+    def _update(metric: PerImageBoundaryF1, preds: torch.Tensor, truth: torch.Tensor):
+        metric.update(preds, truth)
+        return metric.scores[-1]
+
+    def _score_full_res(self, logits: torch.Tensor, name: str) -> dict[str, float]:
+        """Logits resized to the original H×W, scored against the original trimap."""
+        mask = torch.from_numpy(load_mask(trimap_path(self.root, name))).long()[None, None]
+        preds = binarize(resize_logits(logits, tuple(mask.shape[-2:])))  # (1, 1, H, W)
+        self.full_metrics.update(preds, mask)
+        dice = per_image_dice(preds, mask)
+        bf1 = self._update(self.full_boundary, preds, mask)
+        return {"dice_full_res": float(dice[0]), "boundary_f1_full_res": float(bf1[0])}
+
+    def _keep_worst(self, dice, batch, preds, truth) -> None:
+        if self.worst_k <= 0:
+            return
+        images = (batch["image"].detach().float().cpu() * self.std + self.mean).clamp(0, 1)
+        for i, name in enumerate(batch["name"]):
+            self.worst.append(
+                {
+                    "name": name,
+                    "dice": float(dice[i]),
+                    "image": (images[i].permute(1, 2, 0) * 255).round().byte().numpy(),
+                    "truth": truth[i, 0].bool().numpy(),
+                    "pred": preds[i, 0].bool().numpy(),
+                }
+            )
+        self.worst = sorted(self.worst, key=lambda w: (w["dice"], w["name"]))[: self.worst_k]
+
+    # --- results ------------------------------------------------------------------------
+    def _log(self, pl_module: L.LightningModule) -> None:
+        if not self.records:
+            return
+        pl_module.log(f"{self.split}/boundary_f1", self.boundary.compute())
+        if self.full_res:
+            for key, value in self.full_metrics.compute().items():
+                pl_module.log(key, value)
+            pl_module.log(f"{self.split}/full_res/boundary_f1", self.full_boundary.compute())
+
+    def worst_panels(self) -> list[tuple[str, float, np.ndarray]]:
+        """(name, Dice, overlay panel) of the worst images, worst first."""
+        return [
+            (w["name"], w["dice"], overlay_panel(w["image"], w["truth"], w["pred"]))
+            for w in self.worst
+        ]

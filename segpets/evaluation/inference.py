@@ -1,0 +1,94 @@
+"""A trained model ready for new images, from a checkpoint, an ONNX file or a TorchScript file,
+with the preprocessing stored in it (never re-typed by the user)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from segpets.build import build_module, instantiate_or_explain, load_checkpoint
+from segpets.errors import ConfigError
+from segpets.evaluation.ops import hflip_average
+
+CONFIG_KEY = "segpets_config"  # ONNX metadata key / TorchScript extra file holding the config
+ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
+
+
+@dataclass
+class Model:
+    """``forward``: normalised (N, 3, h, w) float → (N, 1, h, w) logits; ``transform``: the
+    training run's ``data.eval_transform`` (resize + normalise + to tensor)."""
+
+    config: DictConfig
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    transform: Callable[..., dict]
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB → (3, h, w) float, exactly as eval saw its images."""
+        return self.transform(image=image)["image"]
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        return hflip_average(self.forward, images) if tta == "hflip" else self.forward(images)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> Model:
+    """A :class:`Model` from ``.onnx`` (onnxruntime, CPU), ``.pt``/``.ts`` (TorchScript) or
+    any other file as a segpets checkpoint."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: no such file '{path}'")
+    if path.suffix == ".onnx":
+        config, forward = _onnx(path)
+    elif path.suffix in (".pt", ".ts"):
+        config, forward = _torchscript(path, device)
+    else:
+        config, forward = _checkpoint(path, device)
+    transform = instantiate_or_explain(config.data.eval_transform, "data.eval_transform")
+    return Model(config, forward, transform)
+
+
+def _checkpoint(path: Path, device: str):
+    config, state_dict = load_checkpoint(path)
+    module = build_module(config, with_optimizer=False)
+    module.load_state_dict(state_dict)
+    module.eval().to(device)
+    return config, lambda x: module(x.to(device)).float().cpu()
+
+
+def _onnx(path: Path):
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ConfigError(f"ckpt_path: cannot load ONNX model '{path}': {err}") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if CONFIG_KEY not in meta:
+        raise ConfigError(f"ckpt_path: '{path}' was not written by segpets.export (no config)")
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        feed = {ONNX_INPUT: images.float().contiguous().numpy()}
+        return torch.from_numpy(session.run([ONNX_OUTPUT], feed)[0])
+
+    return OmegaConf.create(json.loads(meta[CONFIG_KEY])), forward
+
+
+def _torchscript(path: Path, device: str):
+    extra = {f"{CONFIG_KEY}.json": ""}
+    try:
+        net = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as err:  # RuntimeError for anything that is not a TorchScript archive
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"ckpt_path: cannot load TorchScript model '{path}': {first}") from None
+    if not extra[f"{CONFIG_KEY}.json"]:
+        raise ConfigError(f"ckpt_path: '{path}' was not written by segpets.export (no config)")
+    net.eval()
+    config = OmegaConf.create(json.loads(extra[f"{CONFIG_KEY}.json"]))
+    return config, lambda x: net(x.to(device)).float().cpu()

@@ -1,0 +1,92 @@
+"""Files and tables of the eval report: per-image/species/breed CSVs, overlays, the table."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SPECIES = {"1": "cat", "2": "dog"}
+# overlay colours (RGB): correct pet, false positive (background called pet), missed pet
+TP_COLOUR, FP_COLOUR, FN_COLOUR = (40, 200, 60), (230, 30, 30), (40, 90, 255)
+
+
+def species_and_breeds(root: Path, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """name → (species, breed) from ``annotations/list.txt`` (``<name> <class> <species>
+    <breed id>``, species 1 = cat, 2 = dog). The breed is the name without its trailing
+    ``_<number>``. Names not in list.txt (or no list.txt) fall back to the dataset's naming
+    rule: capitalised names are cats, lower-case ones dogs."""
+    listed: dict[str, str] = {}
+    list_file = root / "annotations" / "list.txt"
+    if list_file.is_file():
+        for line in list_file.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and not parts[0].startswith("#"):
+                listed[parts[0]] = SPECIES.get(parts[2], "unknown")
+    return {
+        n: (listed.get(n) or ("cat" if n[:1].isupper() else "dog"), n.rsplit("_", 1)[0])
+        for n in names
+    }
+
+
+def group_rows(records: list[dict], key: str) -> list[dict]:
+    """One row per value of ``key`` (species or breed) with the mean of every per-image score,
+    sorted worst (lowest mean per-image Dice) first."""
+    scores = [k for k, v in records[0].items() if isinstance(v, float)] if records else []
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(rec[key], []).append(rec)
+    rows = []
+    for value, recs in groups.items():
+        row: dict = {key: value, "images": len(recs)}
+        if key == "breed":
+            row["species"] = recs[0]["species"]
+        for score in scores:
+            row[score] = round(statistics.fmean(r[score] for r in recs), 6)
+        row["dice_min"] = round(min(r["dice"] for r in recs), 6)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["dice"], r[key]))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def overlay_panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """image | ground truth | prediction over the image (green right, red false pet, blue
+    missed pet); (H, W, 3) uint8 and two (H, W) bool → (H, 3W + 8, 3) uint8."""
+    colours = np.zeros_like(image)
+    colours[truth & pred] = TP_COLOUR
+    colours[~truth & pred] = FP_COLOUR
+    colours[truth & ~pred] = FN_COLOUR
+    marked = truth | pred
+    blended = image.copy()
+    blended[marked] = (0.45 * image[marked] + 0.55 * colours[marked]).astype(np.uint8)
+    gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+    gt = np.repeat((truth * 255).astype(np.uint8)[..., None], 3, axis=2)
+    return np.concatenate([image, gap, gt, gap, blended], axis=1)
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path)
+
+
+def format_table(columns: dict[str, dict[str, float]]) -> str:
+    """Metrics as rows, one column per evaluated variant (e.g. 256px, full-res, +hflip)."""
+    names = list(dict.fromkeys(k for col in columns.values() for k in col))
+    width = max(len(n) for n in names) if names else 6
+    head = f"{'metric':<{width}}" + "".join(f"  {c:>14}" for c in columns)
+    lines = [head, "-" * len(head)]
+    for name in names:
+        cells = "".join(
+            f"  {columns[c][name]:>14.4f}" if name in columns[c] else f"  {'':>14}" for c in columns
+        )
+        lines.append(f"{name:<{width}}{cells}")
+    return "\n".join(lines)
