@@ -368,3 +368,28 @@ def test_odd_image_modes_load(mode: str, fmt: str, pets: Path) -> None:
     image, mask = load_pair(pets, name)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert image.shape[:2] == mask.shape
+
+
+# --- predict ------------------------------------------------------------------------------
+def test_predict_on_a_non_image_file(tmp_path: Path, monkeypatch, capfd) -> None:
+    """segpets.predict (issue 3) skips unreadable inputs, names each one, writes nothing for
+    them and exits 3 (its documented "some inputs skipped" code), without a traceback."""
+    predict = pytest.importorskip("segpets.predict")
+    from omegaconf import OmegaConf
+
+    from segpets.build import build_module
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["model.width=4", "data.image_size=64"], tmp_path)
+    module = build_module(cfg, with_optimizer=False)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"config": config}}, ckpt)
+    bogus = tmp_path / "holiday.jpg"
+    bogus.write_bytes(b"%PDF-1.4 not an image")
+    out = tmp_path / "masks"
+    args = [f"ckpt_path={ckpt}", f"input={bogus}", f"output_dir={out}", "progress_bar=false"]
+    code, err = cli(predict.main, args, tmp_path, monkeypatch, capfd)
+    assert code == 3 and "Traceback" not in err, err[-3000:]
+    assert f"segpets: skipped unreadable input: cannot read image '{bogus}'" in err
+    assert not list(out.glob("*.png"))
