@@ -160,6 +160,7 @@ def plot(runs: list[Run], labels: list[str], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figures = {"loss": ("train_loss", "val_loss"), "val_dice": ("val_dice",)}
     written = []
@@ -173,6 +174,7 @@ def plot(runs: list[Run], labels: list[str], out: Path) -> list[Path]:
                     tag = f"{label} ({curve})" if len(curves) > 1 else label
                     ax.plot(xs, ys, style, color=f"C{i % 10}", marker=".", label=tag)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss (BCE + Dice)" if name == "loss" else "val Dice (per-image mean)")
         ax.grid(alpha=0.3)
         if ax.lines:
