@@ -56,7 +56,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best = trainer.checkpoint_callback.best_model_score
             metrics[f"best/{trainer.checkpoint_callback.monitor}"] = float(best)
     if cfg.get("test"):
-        metrics.update(_test(trainer, module, datamodule))
+        with exit_code_on_preemption(trainer):
+            metrics.update(_test(trainer, module, datamodule))
     _log_hparams(cfg, trainer, metrics)
     return metrics
 
