@@ -39,3 +39,32 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A width-4 UNet trained for 8 steps at 64 px on the mini set, saved by a Trainer with
+    the real training config inside (for eval/predict/export tests)."""
+    import lightning as L
+
+    from segpets.build import build_module, instantiate_or_explain
+
+    out = tmp_path_factory.mktemp("tiny-ckpt")
+    overrides = [f"data.root={mini_root}", "model.width=4", "model.batch_norm=true"]
+    overrides += ["data.image_size=64", "data.batch_size=8", "data.num_workers=0"]
+    cfg = compose_train(overrides, out)
+    L.seed_everything(0)
+    module = build_module(cfg)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=8,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+    trainer.fit(module, datamodule=instantiate_or_explain(cfg.data, "data"))
+    trainer.save_checkpoint(out / "tiny.ckpt")
+    return out / "tiny.ckpt"

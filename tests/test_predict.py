@@ -1,0 +1,102 @@
+"""segpets.predict: original sizes for every image mode, skipped inputs, no overwriting."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from segpets.errors import ConfigError
+from segpets.predict import SKIPPED_EXIT_CODE, predict
+from tests.conftest import CONFIG_DIR
+
+
+@pytest.fixture(scope="module")
+def inputs(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mini set's RGBA PNG and GIF (both named .jpg), grayscale/palette/CMYK versions of a
+    real dog photo at odd sizes, and one file that is not an image."""
+    folder = tmp_path_factory.mktemp("predict-inputs")
+    for name in ("Abyssinian_5", "Abyssinian_34"):
+        shutil.copy(mini_root / "images" / f"{name}.jpg", folder)
+    dog = Image.open(mini_root / "images" / "american_bulldog_100.jpg").convert("RGB")
+    dog.convert("L").resize((123, 77)).save(folder / "gray.png")
+    dog.convert("P").resize((90, 131)).save(folder / "palette.png")
+    dog.convert("CMYK").resize((101, 64)).save(folder / "cmyk.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated, not a JPEG")
+    return folder
+
+
+def compose_predict(overrides: list[str]):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("predict", overrides=[*overrides, "progress_bar=false"])
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_predict_cli_sizes_modes_and_skips(tiny_ckpt: Path, inputs: Path, tmp_path: Path):
+    out = tmp_path / "masks"
+    before = files_under(tmp_path)
+    args = [f"ckpt_path={tiny_ckpt}", f"input={inputs}", f"output_dir={out}", "batch_size=2"]
+    args += ["overlay=true", "probabilities=true", "tta=hflip", "progress_bar=false"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "segpets.predict", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == SKIPPED_EXIT_CODE, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and str(inputs / "broken.jpg") in proc.stderr
+    assert all(p.is_relative_to(out) for p in files_under(tmp_path) - before)  # nothing outside
+    images = sorted(p for p in inputs.iterdir() if p.name != "broken.jpg")
+    assert len(images) == 5
+    for image in images:
+        size = Image.open(image).size  # (W, H) as stored
+        for kind in ("mask", "overlay", "prob"):
+            written = Image.open(out / f"{image.stem}_{kind}.png")
+            assert written.size == size, (image.name, kind)
+        mask = np.asarray(Image.open(out / f"{image.stem}_mask.png"))
+        assert set(np.unique(mask)) <= {0, 255}
+    assert not (out / "broken_mask.png").exists()
+
+
+@pytest.mark.slow
+def test_predict_refuses_to_overwrite_and_thresholds(tiny_ckpt: Path, inputs: Path, tmp_path):
+    out = tmp_path / "out"
+    glob = str(inputs / "*.png")
+    base = [f"ckpt_path={tiny_ckpt}", f"input={glob}", f"output_dir={out}"]
+    assert predict(compose_predict([*base, "threshold=0.3"])) == []
+    masks = sorted(out.glob("*_mask.png"))
+    assert [m.name for m in masks] == ["gray_mask.png", "palette_mask.png"]
+    stamps = {m: m.stat().st_mtime_ns for m in masks}
+    low = {m: np.asarray(Image.open(m)) > 0 for m in masks}
+    with pytest.raises(ConfigError, match="already exist.*overwrite=true"):
+        predict(compose_predict([*base, "threshold=0.7"]))
+    assert {m: m.stat().st_mtime_ns for m in masks} == stamps  # untouched
+    assert predict(compose_predict([*base, "threshold=0.7", "overwrite=true"])) == []
+    for m in masks:  # a higher threshold only removes pixels
+        high = np.asarray(Image.open(m)) > 0
+        assert not (high & ~low[m]).any()
+
+
+def test_predict_rejects_bad_options(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    base = [f"ckpt_path={tmp_path / 'none.ckpt'}", f"input={image}", f"output_dir={tmp_path}/o"]
+    with pytest.raises(ConfigError, match="threshold"):
+        predict(compose_predict([*base, "threshold=1.5"]))
+    with pytest.raises(ConfigError, match="tta"):
+        predict(compose_predict([*base, "tta=vflip"]))
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        predict(compose_predict([*base[:1], f"input={tmp_path}/nothing", base[2]]))
+    with pytest.raises(ConfigError, match="ckpt_path: no such file"):
+        predict(compose_predict(base))
