@@ -69,8 +69,10 @@ def load_run(path: Path) -> Run:
     overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
     run = Run(path=path, overrides=[str(o) for o in overrides])
     report = path / "test_metrics.json"
-    if report.is_file():
-        run.test_dice = json.loads(report.read_text())["metrics"].get("test/dice", math.nan)
+    try:  # absent when the run was not tested (or crashed); unreadable if cut off mid-write
+        run.test_dice = float(json.loads(report.read_text())["metrics"]["test/dice"])
+    except (OSError, ValueError, KeyError, TypeError):
+        run.test_dice = math.nan
     run.curves, run.wall_s = read_curves(path / "tensorboard")
     return run
 

@@ -50,6 +50,7 @@ def sweep(tmp_path: Path) -> Path:
     fake_run(root / "1", [shared, "optimizer.lr=1e-3"], [0.7, 0.8], 0.79, seconds=90)
     fake_run(root / "2", [shared, "optimizer.lr=1e-2"], [0.2, 0.4, 0.3, 0.1], None, seconds=10)
     (root / "10" / ".hydra").mkdir(parents=True)  # crashed before logging anything
+    (root / "10" / "test_metrics.json").write_text('{"metrics": {"test/di')  # cut off
     (root / "10" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([shared, "x=1"]))
     return root
 
