@@ -150,9 +150,24 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     raise ConfigError(f"precision must be 32-true or bf16-mixed for the bench, got '{precision}'")
 
 
-def lightning_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device) -> list:
-    """One short ``fit`` per repeat: ``warmup`` untimed steps, then ``steps`` timed ones."""
-    timer, rates, n = Timer(device), [], len(batch["image"])
+def train_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device) -> tuple:
+    """(Lightning img/s, plain-loop img/s) per repeat, the two alternating so that a change of
+    machine load hits both alike. Lightning: one short ``fit`` per repeat, timed from the end
+    of the last warm-up step to the end of the last step. Plain: the loop Lightning replaces,
+    on a copy of the same module (net, loss) with the same optimizer factory."""
+    timer, n = Timer(device), len(batch["image"])
+    model = copy.deepcopy(module).to(device).train()
+    optimizer = module.optimizer_factory(params=model.parameters())
+    images, masks = batch["image"].to(device), batch["mask"].to(device)
+
+    def plain_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, cfg.precision):
+            loss = model.loss(model(images), masks)
+        loss.backward()
+        optimizer.step()
+
+    lightning, plain = [], []
     for _ in range(cfg.repeats):
         clock = StepTimes(timer)
         trainer = L.Trainer(
@@ -172,24 +187,9 @@ def lightning_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, dev
         loader = DataLoader(FixedBatch(batch, cfg.warmup + cfg.steps), batch_size=None)
         trainer.fit(module, train_dataloaders=loader)
         times = clock.times[cfg.warmup - 1 :]
-        rates.append(cfg.steps * n / (times[-1] - times[0]))
-    return rates
-
-
-def plain_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device) -> list:
-    """The loop Lightning replaces, on a copy of the same module (net, loss) and optimizer."""
-    model = copy.deepcopy(module).to(device).train()
-    optimizer = module.optimizer_factory(params=model.parameters())
-    images, masks = batch["image"].to(device), batch["mask"].to(device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, cfg.precision):
-            loss = model.loss(model(images), masks)
-        loss.backward()
-        optimizer.step()
-
-    return timed_rates(step, Timer(device), cfg.warmup, cfg.steps, cfg.repeats, len(images))
+        lightning.append(cfg.steps * n / (times[-1] - times[0]))
+        plain += timed_rates(plain_step, timer, cfg.warmup, cfg.steps, 1, n)
+    return lightning, plain
 
 
 # --- inference and data ---------------------------------------------------------------------
@@ -291,8 +291,7 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
         }
         for d, p in peak.items()
     ]
-    lit = Timer.summary(lightning_rates(cfg, module, batch, device))
-    plain = Timer.summary(plain_rates(cfg, module, batch, device))
+    lit, plain = (Timer.summary(r) for r in train_rates(cfg, module, batch, device))
     for variant, r, ratio in (
         ("lightning", lit, lit["img_per_s"] / plain["img_per_s"]),
         ("plain loop", plain, 1.0),

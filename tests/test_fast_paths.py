@@ -22,10 +22,14 @@ MODELS = {
 }
 
 
+def module(overrides: list[str], tmp_path: Path):
+    torch.manual_seed(0)
+    return build_module(compose_train(overrides, tmp_path), with_optimizer=False).eval()
+
+
 def pair(overrides: list[str], tmp_path: Path, **fast: bool):
     """(reference module, module with the fast path) sharing one set of weights, eval mode."""
-    torch.manual_seed(0)
-    ref = build_module(compose_train(overrides, tmp_path), with_optimizer=False).eval()
+    ref = module(overrides, tmp_path)
     flags = [f"model.{key}={str(value).lower()}" for key, value in fast.items()]
     fast_module = build_module(compose_train(overrides + flags, tmp_path), with_optimizer=False)
     fast_module.load_state_dict(ref.state_dict())
@@ -46,7 +50,7 @@ def test_channels_last_same_logits(model: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_bf16_autocast_within_tolerance(model: str, tmp_path: Path) -> None:
-    ref, _ = pair(MODELS[model], tmp_path)
+    ref = module(MODELS[model], tmp_path)
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         expected = ref(x)
@@ -60,7 +64,7 @@ def test_bf16_autocast_within_tolerance(model: str, tmp_path: Path) -> None:
 
 def test_bf16_mixed_training_step_matches_fp32_loss(tmp_path: Path) -> None:
     """Lightning's bf16-mixed autocasts the step; the loss is still computed in fp32."""
-    ref, _ = pair(MODELS["unet_bn"], tmp_path)
+    ref = module(MODELS["unet_bn"], tmp_path)
     batch = {"image": torch.randn(4, 3, 64, 64), "mask": (torch.rand(4, 1, 64, 64) > 0.5).float()}
     ref.train()
     expected = ref.loss(ref(batch["image"]), batch["mask"])
