@@ -1,0 +1,86 @@
+"""segpets.export: ONNX (onnxruntime) and TorchScript parity with PyTorch, dynamic shapes,
+and predict from an exported model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from segpets.data import load_rgb
+from segpets.errors import ConfigError
+from segpets.evaluation.inference import load_model
+from segpets.export import PARITY_ATOL, export
+from segpets.predict import predict
+from tests.conftest import CONFIG_DIR
+
+REAL = ["Abyssinian_5", "Abyssinian_100", "american_bulldog_100"]
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def real_batch(mini_root: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
+    """Real photos resized to (H, W) and normalised like training: (3, 3, H, W)."""
+    images = []
+    for name in REAL:
+        rgb = Image.fromarray(load_rgb(mini_root / "images" / f"{name}.jpg"))
+        x = np.asarray(rgb.resize(size[::-1]), np.float32) / 255
+        images.append(torch.from_numpy((x - mean) / std).permute(2, 0, 1).float())
+    return torch.stack(images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_parity_random_and_real(fmt: str, tiny_ckpt: Path, mini_root: Path, tmp_path):
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    output = tmp_path / f"model{suffix}"
+    args = [f"ckpt_path={tiny_ckpt}", f"format={fmt}", f"output={output}"]
+    assert export(compose_cfg("export", args)) == output
+    torch_model, exported = load_model(tiny_ckpt), load_model(output)
+    assert exported.config == torch_model.config  # preprocessing travels with the export
+    mean, std = np.array(exported.config.data.mean), np.array(exported.config.data.std)
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        torch.randn(2, 3, 64, 64, generator=gen),  # the size it was traced at
+        torch.randn(3, 3, 96, 80, generator=gen),  # other batch, H and W
+        real_batch(mini_root, (64, 64), mean, std),
+        real_batch(mini_root, (112, 144), mean, std),
+    ]
+    for x in batches:
+        ref, got = torch_model.logits(x), exported.logits(x)
+        assert got.shape == ref.shape == (len(x), 1, *x.shape[-2:])
+        assert (got - ref).abs().max().item() <= PARITY_ATOL
+        assert torch.equal(got > 0, ref > 0)
+        assert 0 < (ref > 0).float().mean() < 1  # masks that can differ, not all one value
+
+    with pytest.raises(ConfigError, match="already exists"):
+        export(compose_cfg("export", args))
+
+
+@pytest.mark.slow
+def test_predict_from_onnx_matches_checkpoint(tiny_ckpt: Path, mini_root: Path, tmp_path):
+    onnx_file = tmp_path / "model.onnx"
+    export(compose_cfg("export", [f"ckpt_path={tiny_ckpt}", f"output={onnx_file}"]))
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in REAL:
+        (images / f"{name}.jpg").write_bytes((mini_root / "images" / f"{name}.jpg").read_bytes())
+    for model, out in ((tiny_ckpt, "from_ckpt"), (onnx_file, "from_onnx")):
+        args = [f"ckpt_path={model}", f"input={images}", f"output_dir={tmp_path / out}"]
+        assert predict(compose_cfg("predict", [*args, "progress_bar=false"])) == []
+    for name in REAL:
+        a = np.asarray(Image.open(tmp_path / "from_ckpt" / f"{name}_mask.png"))
+        b = np.asarray(Image.open(tmp_path / "from_onnx" / f"{name}_mask.png"))
+        assert a.shape == b.shape and (a == b).all(), name
+
+
+def test_export_rejects_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="format must be"):
+        export(compose_cfg("export", [f"ckpt_path={tmp_path}/x.ckpt", "format=tflite"]))
