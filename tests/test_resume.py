@@ -69,20 +69,24 @@ class SlowBatches(L.Callback):
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    """A CLI run; its output goes to files (an unread pipe would fill up and stall it)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
+    logs = cwd / f"stderr-{len(list(cwd.glob('stderr-*')))}.txt"
+    proc = subprocess.Popen(
         [sys.executable, "-m", "segpets.train", *args],
         cwd=cwd,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=logs.open("w"),
         text=True,
     )
+    proc.logs = logs
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: int = 240) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=timeout)
-    return proc.returncode, err
+    proc.wait(timeout=timeout)
+    return proc.returncode, proc.logs.read_text()
 
 
 def run_dirs(cwd: Path) -> list[Path]:
@@ -157,7 +161,7 @@ def test_sigterm_and_sigint_save_and_print_how_to_resume(mini_root: Path, tmp_pa
     for sig, proc in procs.items():  # signal each run in epoch 1, after epoch 0's last.ckpt
         deadline = time.monotonic() + 180
         while not list(runs[sig].glob("outputs/train/runs/*/checkpoints/last.ckpt")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            assert proc.poll() is None and time.monotonic() < deadline, finish(proc)[1][-3000:]
             time.sleep(0.05)
         proc.send_signal(sig)
     printed = {}

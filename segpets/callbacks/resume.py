@@ -149,7 +149,7 @@ class Preemption(L.Callback):
             return
         folder = getattr(trainer.checkpoint_callback, "dirpath", None)
         path = Path(folder or Path(trainer.default_root_dir) / "checkpoints") / LAST
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state, for resuming
         self.saved = path
         if trainer.is_global_zero:
             name = self.signal.name if self.signal else "SIGTERM"
