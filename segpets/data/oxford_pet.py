@@ -9,6 +9,7 @@ is converted to RGB here, and every failure names its file.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,9 @@ class TorchSeeded:
         self.transform = transform
 
     def __call__(self, **data: Any) -> dict:
-        self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
+        seed = int(torch.randint(2**31 - 1, ()).item())
+        # one generator pair shared by every transform (set_random_seed makes one per transform)
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         return self.transform(**data)
 
 
