@@ -213,6 +213,7 @@ def inference_rows(cfg: DictConfig, net: torch.nn.Module, images: torch.Tensor, 
 
         rates = timed_rates(step, Timer(device), cfg.warmup, cfg.steps, cfg.repeats, len(x))
         variant = f"{'channels_last' if channels_last else 'NCHW'} {precision}"
+        log.info("inference %s: median %.3g img/s", variant, statistics.median(rates))
         rows.append(
             {
                 "variant": variant + (" compile" if compiled else ""),
@@ -243,6 +244,7 @@ def data_rows(cfg: DictConfig) -> list[dict]:
             dm.batch_size,
         )
         note = f"cache ready in {prepared:.1f} s" if cache else ""
+        log.info("data cache=%s workers=%d: %.3g img/s", cache, workers, statistics.median(rates))
         rows.append(
             {
                 "variant": f"{'cache' if cache else 'no cache'}, {workers} workers",
@@ -292,6 +294,7 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
         for d, p in peak.items()
     ]
     lit, plain = (Timer.summary(r) for r in train_rates(cfg, module, batch, device))
+    log.info("train: Lightning %.3g img/s, plain loop %.3g", lit["img_per_s"], plain["img_per_s"])
     for variant, r, ratio in (
         ("lightning", lit, lit["img_per_s"] / plain["img_per_s"]),
         ("plain loop", plain, 1.0),
