@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from segpets.build import build_module
 from segpets.errors import ConfigError
 from segpets.losses import BCEDiceLoss
 from segpets.metrics import segmentation_metrics
@@ -43,9 +44,9 @@ def test_unet_width_64_is_the_seed_architecture() -> None:
 
 
 def test_models_build_from_their_configs(tmp_path: Path) -> None:
-    unet = instantiate(compose_train(["model=unet", "model.width=16"], tmp_path).model)
+    unet = build_module(compose_train(["model=unet", "model.width=16"], tmp_path)).net
     assert isinstance(unet, UNet) and unet.stem[0].out_channels == 16
-    res = instantiate(compose_train(["model=res34_unet"], tmp_path).model)
+    res = build_module(compose_train(["model=res34_unet"], tmp_path)).net
     assert isinstance(res, ResNet34UNet)
 
 

@@ -30,14 +30,26 @@ def _pet_silhouette(rng: np.random.Generator, w: int, h: int, is_cat: bool) -> I
     for ear in (-1, 1):
         ex = hx + ear * r * 0.6
         if is_cat:  # pointed ears
-            draw.polygon([(ex - r * 0.4, hy - r * 0.5), (ex + r * 0.4, hy - r * 0.5),
-                          (ex, hy - r * 1.6)], fill=255)
+            draw.polygon(
+                [(ex - r * 0.4, hy - r * 0.5), (ex + r * 0.4, hy - r * 0.5), (ex, hy - r * 1.6)],
+                fill=255,
+            )
         else:  # floppy ears hanging at the sides
-            draw.ellipse([ex + ear * r * 0.3 - r * 0.3, hy - r * 0.4,
-                          ex + ear * r * 0.3 + r * 0.3, hy + r * 0.7], fill=255)
+            draw.ellipse(
+                [
+                    ex + ear * r * 0.3 - r * 0.3,
+                    hy - r * 0.4,
+                    ex + ear * r * 0.3 + r * 0.3,
+                    hy + r * 0.7,
+                ],
+                fill=255,
+            )
     tx = cx - side * bw
-    draw.line([(tx, cy), (tx - side * bw * 0.5, cy - bh * rng.uniform(0.5, 1.5))],
-              fill=255, width=max(2, int(r * 0.3)))  # tail
+    draw.line(
+        [(tx, cy), (tx - side * bw * 0.5, cy - bh * rng.uniform(0.5, 1.5))],
+        fill=255,
+        width=max(2, int(r * 0.3)),
+    )  # tail
     for leg in np.linspace(-0.6, 0.6, 4):
         lx = cx + leg * bw
         draw.rectangle([lx - r * 0.15, cy, lx + r * 0.15, cy + bh * 1.8], fill=255)
