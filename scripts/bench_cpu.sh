@@ -25,7 +25,7 @@ SEGPETS_CACHE_DIR="$OUT/cache-bench" $PY -m segpets.bench data.root="$MINI" \
 machine "bench: seed UNet at 256 px"
 SEGPETS_CACHE_DIR="$OUT/cache-bench" $PY -m segpets.bench data.root="$MINI" \
   model.width=64 data.image_size=256 batch_size=2 warmup=1 steps=2 repeats=3 \
-  data_bench.batches=8 hydra.run.dir="$OUT/bench_unet256"
+  data_bench.batches=8 inference.precisions=[fp32] hydra.run.dir="$OUT/bench_unet256"
 
 machine "train: experiment=cpu_fast (fresh cache: its build counts in the wall time)"
 start=$(date +%s)

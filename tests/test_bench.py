@@ -23,6 +23,7 @@ TINY = [
     "repeats=2",
     "peak.n=64",
     "peak.repeats=2",
+    "peak.dtypes=[fp32,bf16]",
     "data_bench.workers=[0,1]",
     "data_bench.batches=2",
 ]
