@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,16 @@ CONFIG_DIR = REPO / "configs"
 MINI_DATA = Path(
     os.environ.get("SEGPETS_MINI_DATA", REPO.parent / "shared" / "data" / "oxford-pet-mini")
 )
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging():
+    """In-process Hydra runs attach handlers to the root logger that write to the (pytest-
+    captured, later closed) stderr of that test; drop them so later tests log cleanly."""
+    handlers, level = list(logging.root.handlers), logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="session", autouse=True)
