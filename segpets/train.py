@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from segpets.build import build_callbacks, build_loggers, build_module, instantiate_or_explain
 from segpets.callbacks.resume import exit_code_on_preemption
 from segpets.checkpoint_io import refuse_overwrite, resolve_ckpt_path
-from segpets.errors import ConfigError, user_errors
+from segpets.errors import ConfigError, user_errors, with_group_check
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def _floats(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+@with_group_check
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``best/<optimized_metric>`` (the best value over the run)
