@@ -43,6 +43,23 @@ def mini_root() -> Path:
     return MINI_DATA
 
 
+# A tiny net on a small generated set: a training run of 2 epochs of 2 batches takes ~2 s.
+TINY_SYNTHETIC = [
+    "data=synthetic",
+    "data.num_trainval=40",
+    "data.num_test=12",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "model.width=4",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_test_batches=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     """The real train config, composed as the CLI would, writing under ``output_dir``."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):

@@ -15,27 +15,28 @@ from segpets.train import train
 from tests.conftest import compose_train
 
 
+def tiny_cfg(mini_root: Path, out: Path, *extra: str):
+    """One epoch of a width-4 UNet at 64 px on the mini set, no test, CSV logs only."""
+    base = [
+        f"data.root={mini_root}",
+        "trainer=cpu",
+        "model.width=4",
+        "data.image_size=64",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "logger=csv",
+        "callbacks.progress_bar.refresh_rate=0",
+        "callbacks.val_images=null",
+    ]
+    return compose_train([*base, *extra], out)
+
+
 def tiny_run(mini_root: Path, out: Path, seed: int) -> tuple[dict[str, float], dict]:
-    cfg = compose_train(
-        [
-            f"data.root={mini_root}",
-            "trainer=cpu",
-            "model.width=4",
-            "data.image_size=64",
-            "data.batch_size=8",
-            "data.num_workers=0",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=2",
-            "trainer.limit_val_batches=1",
-            "trainer.deterministic=true",
-            "test=false",
-            "logger=csv",
-            "callbacks.progress_bar.refresh_rate=0",
-            "callbacks.val_images=null",
-            f"seed={seed}",
-        ],
-        out,
-    )
+    extra = ["trainer.limit_train_batches=2", "trainer.deterministic=true", f"seed={seed}"]
+    cfg = tiny_cfg(mini_root, out, *extra)
     metrics = train(cfg)
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return metrics, state["state_dict"]
@@ -75,26 +76,13 @@ def test_nonfinite_loss_is_stopped_or_skipped(action, mini_root: Path, tmp_path:
     the weights of that step untouched and trains on; no checkpoint ever holds NaN."""
     from segpets.callbacks.guards import NonFiniteLossError
 
-    cfg = compose_train(
-        [
-            f"data.root={mini_root}",
-            "trainer=cpu",
-            "model.width=4",
-            "data.image_size=64",
-            "data.batch_size=8",
-            "data.num_workers=0",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=3",
-            "trainer.limit_val_batches=1",
-            "test=false",
-            "logger=csv",
-            "callbacks.progress_bar.refresh_rate=0",
-            "callbacks.val_images=null",
-            f"callbacks.nonfinite_loss.action={action}",
-            "+loss.nan_at_call=2",  # see NaNAt below: the 2nd training loss is NaN
-            "loss._target_=tests.test_determinism.NaNAt",
-        ],
+    cfg = tiny_cfg(
+        mini_root,
         tmp_path,
+        "trainer.limit_train_batches=3",
+        f"callbacks.nonfinite_loss.action={action}",
+        "+loss.nan_at_call=2",  # see NaNAt below: the 2nd training loss is NaN
+        "loss._target_=tests.test_determinism.NaNAt",
     )
     if action == "stop":
         with pytest.raises(NonFiniteLossError, match=r"global step 1, batch 1 \(images: \w+"):

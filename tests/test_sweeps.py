@@ -14,25 +14,12 @@ import yaml
 
 from segpets.summarize import main as summarize_cli
 from segpets.summarize import read_curves
+from tests.conftest import TINY_SYNTHETIC
 
-# A tiny net on a small generated set: each job trains 2 epochs of 2 batches in ~2 s.
 # One intra-op thread per job: on a busy 2-core machine, torch's default threads fight over
 # the cores and the same tiny job takes ~10x longer.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TINY = [
-    "data=synthetic",
-    "data.num_trainval=40",
-    "data.num_test=12",
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "model.width=4",
-    "trainer=cpu",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_test_batches=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+TINY = TINY_SYNTHETIC
 
 
 def multirun(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:

@@ -10,22 +10,11 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from segpets.callbacks.images import panel
 from segpets.train import train
-from tests.conftest import compose_train
+from tests.conftest import TINY_SYNTHETIC, compose_train
 
 TINY = [
-    "data=synthetic",
-    "data.num_trainval=40",
-    "data.num_test=12",
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "model.width=4",
-    "trainer=cpu",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_test_batches=1",
+    *TINY_SYNTHETIC,
     "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
     "callbacks.val_images.num_images=3",
 ]
 
