@@ -133,13 +133,16 @@ class FixedBatch(Dataset):
 
 
 class StepTimes(L.Callback):
-    """Clock reading at the end of every training step (Lightning's own overhead included)."""
+    """Clock readings at the end of the training steps numbered in ``marks`` (Lightning's own
+    overhead included). Only those steps synchronise the GPU, as the plain loop's clock does:
+    a sync every step would stall the CPU/GPU overlap the plain loop keeps."""
 
-    def __init__(self, timer: Timer) -> None:
-        self.timer, self.times = timer, []
+    def __init__(self, timer: Timer, marks: set[int]) -> None:
+        self.timer, self.marks, self.times = timer, marks, []
 
-    def on_train_batch_end(self, *args: Any) -> None:
-        self.times.append(self.timer.now())
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step - 1 in self.marks:
+            self.times.append(self.timer.now())
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -157,10 +160,14 @@ def train_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device)
     on a copy of the same module (net, loss) with the same optimizer factory."""
     timer, n = Timer(device), len(batch["image"])
     model = copy.deepcopy(module).to(device).train()
+    if cfg.model.get("compile"):
+        model.net.compile()  # deepcopy drops an in-place compile: the copy would run eager
     optimizer = module.optimizer_factory(params=model.parameters())
-    images, masks = batch["image"].to(device), batch["mask"].to(device)
 
     def plain_step() -> None:
+        # the batch starts on the CPU each step, as it comes from a loader (and to Lightning)
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, cfg.precision):
             loss = model.loss(model(images), masks)
@@ -169,7 +176,7 @@ def train_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device)
 
     lightning, plain = [], []
     for _ in range(cfg.repeats):
-        clock = StepTimes(timer)
+        clock = StepTimes(timer, marks={cfg.warmup - 1, cfg.warmup + cfg.steps - 1})
         trainer = L.Trainer(
             accelerator=device.type,
             devices=1,
@@ -186,8 +193,8 @@ def train_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device)
         )
         loader = DataLoader(FixedBatch(batch, cfg.warmup + cfg.steps), batch_size=None)
         trainer.fit(module, train_dataloaders=loader)
-        times = clock.times[cfg.warmup - 1 :]
-        lightning.append(cfg.steps * n / (times[-1] - times[0]))
+        first, last = clock.times
+        lightning.append(cfg.steps * n / (last - first))
         plain += timed_rates(plain_step, timer, cfg.warmup, cfg.steps, 1, n)
     return lightning, plain
 
@@ -195,16 +202,16 @@ def train_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device)
 # --- inference and data ---------------------------------------------------------------------
 def inference_rows(cfg: DictConfig, net: torch.nn.Module, images: torch.Tensor, device) -> list:
     """eval-mode, no-grad img/s for every (memory format, precision[, compile]) variant."""
-    rows = []
+    rows, net_compiled = [], bool(cfg.model.get("compile"))
     for compiled, channels_last, precision in itertools.product(
-        [False, True] if cfg.inference.compile else [False],
+        [False, True] if cfg.inference.compile and not net_compiled else [net_compiled],
         cfg.inference.channels_last,
         cfg.inference.precisions,
     ):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = copy.deepcopy(net).to(device, memory_format=fmt).eval()
         if compiled:
-            model = torch.compile(model)
+            model.compile()  # also for model.compile=true: deepcopy dropped the net's compile
         x = images.to(device).contiguous(memory_format=fmt)
 
         def step(model=model, x=x, precision=precision) -> None:
@@ -276,7 +283,9 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
     batch = next(iter(dm.train_dataloader()))
     batch = {"image": batch["image"], "mask": batch["mask"]}
     module = build_module(cfg)
-    fwd_gflop, train_gflop = count_gflops(module.net, module.loss, batch["image"][0])
+    # counted on an eager twin: a compiled net would be compiled once more for the count's shape
+    eager = build_module(OmegaConf.merge(cfg, {"model": {"compile": False}}), with_optimizer=False)
+    fwd_gflop, train_gflop = count_gflops(eager.net, eager.loss, batch["image"][0])
     peak = {
         d: Timer.summary(matmul_peak(device, DTYPES[d], cfg.peak.n, cfg.peak.repeats))
         for d in cfg.peak.dtypes

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from segpets.bench import COLUMNS, Timer, timed_rates
 
@@ -89,3 +90,35 @@ def test_timed_rates_excludes_warmup() -> None:
     rates = timed_rates(step, Timer(__import__("torch").device("cpu")), 1, 3, 2, images=4)
     assert len(calls) == 1 * 2 + 3 * 2 and len(rates) == 2
     assert min(rates) > 4 * 3 / 0.3  # the 0.3 s warm-up would have capped the rate at 40 img/s
+
+
+def test_compiled_model_is_compiled_in_every_timed_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``model.compile=true`` compiles the net in place, and ``copy.deepcopy`` drops that: the
+    plain loop's and each inference variant's copy must be compiled again, or they time eager
+    code under a "compile" label (measured on a GPU before the fix: "compiled" = eager speed).
+    ``Module.compile`` is replaced by a recorder, so nothing is really compiled here."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from segpets.bench import run_bench
+    from tests.conftest import CONFIG_DIR
+
+    compiled: list[int] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(id(self)))
+    monkeypatch.setenv("SEGPETS_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = [*TINY, "model.compile=true", "peak.dtypes=[fp32]", "data_bench.workers=[]"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    rows, _ = run_bench(cfg)
+
+    inference = [r["variant"] for r in rows if r["benchmark"] == "inference"]
+    assert inference == [
+        f"{f} {p} compile" for f in ("NCHW", "channels_last") for p in ("fp32", "bf16")
+    ]
+    # the built net, the plain loop's copy and one copy per inference variant (ids of freed
+    # copies may be reused, so they are counted, not compared)
+    assert len(compiled) == 1 + 1 + len(inference)
