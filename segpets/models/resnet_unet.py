@@ -97,9 +97,10 @@ class ResNet34UNet(nn.Module):
         self.head = nn.Conv2d(last // 2, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        *skips, x_dec = self.encoder(x)
-        for block in self.decoder:  # → (N, 64, H/2, W/2)
-            x_dec = block(x_dec, skips.pop())
+        features = self.encoder(x)  # [H/2, H/4, H/8, H/16, H/32]
+        x_dec = features[-1]
+        for i, block in enumerate(self.decoder):  # skips H/16 … H/2 → (N, 64, H/2, W/2)
+            x_dec = block(x_dec, features[-2 - i])
         x_dec = self.final_conv(self.final_up(x_dec))  # (N, 32, ~H, ~W)
         logits = self.head(x_dec)
         # always resized (an identity at equal sizes): a branch on sizes would be baked in by
