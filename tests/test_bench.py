@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,19 @@ def test_compiled_model_is_compiled_in_every_timed_copy(
     # the built net, the plain loop's copy and one copy per inference variant (ids of freed
     # copies may be reused, so they are counted, not compared)
     assert len(compiled) == 1 + 1 + len(inference)
+
+
+def test_lightning_overhead_script_reports_both_step_times() -> None:
+    """scripts/lightning_overhead.py (cited in docs/benchmarks.md) runs and measures a step
+    through Trainer.fit as dearer than the bare loop on a model that does almost nothing."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "lightning_overhead.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--steps", "120"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("per step:"))
+    lightning, plain = (float(x) for x in re.findall(r"([\d.]+) ms", line)[:2])
+    assert 0 < plain < lightning, line
