@@ -4,4 +4,11 @@ Reading order for newcomers: ``data`` → ``models`` → ``losses``/``metrics`` 
 entry points ``train`` and ``eval``.
 """
 
+import os
+
+# albumentations asks PyPI for its latest version on every import (up to a 2 s timeout, and a
+# warning on offline machines: clusters, CI, the GPU box). Every segpets process and subprocess
+# test imports it, so the check is off unless the user set the variable themselves.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 __version__ = "0.1.0"

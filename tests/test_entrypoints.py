@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,36 @@ def test_runs_started_together_get_their_own_folders(tmp_path: Path) -> None:
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
     assert len(list((tmp_path / "outputs" / "debug" / "runs").iterdir())) == 2
+
+
+# Counts the HTTP requests made while importing segpets and then albumentations.
+_COUNT_REQUESTS = """
+import urllib.request
+calls = []
+def refuse(self, *args, **kwargs):
+    calls.append(args)
+    raise OSError("offline")
+urllib.request.OpenerDirector.open = refuse
+import segpets, albumentations
+print(len(calls))
+"""
+
+
+@pytest.mark.parametrize(("user_value", "requests"), [(None, 0), ("0", 1)])
+def test_albumentations_update_check_is_off_unless_the_user_set_it(
+    user_value: str | None, requests: int
+) -> None:
+    """albumentations asks PyPI for its version at import; segpets turns that off by default
+    (every process and subprocess test imports it, often offline) but keeps a user's setting."""
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    if user_value is not None:
+        env["NO_ALBUMENTATIONS_UPDATE"] = user_value
+    proc = subprocess.run(
+        [sys.executable, "-c", _COUNT_REQUESTS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == requests
