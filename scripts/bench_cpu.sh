@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measure docs/benchmarks.md on an idle CPU machine (~17 minutes on 2 cores):
-#   1. segpets.bench for the cpu_fast model (UNet width 16 + BatchNorm, channels_last, 96 px,
-#      batch 16)
+#   1. segpets.bench for the cpu_fast model (UNet width 16 + BatchNorm, channels_last, 64 px,
+#      batch 8, as it trains)
 #   2. segpets.bench for the seed UNet (width 64) at 256 px, batch 2
 #   3. experiment=cpu_fast trained on the mini set, timed, and its Dice-vs-minutes curve
 # Usage: scripts/bench_cpu.sh [OUT_DIR] [MINI_ROOT]   (run from the repo root)
@@ -20,7 +20,7 @@ QUIET="callbacks.progress_bar.refresh_rate=0"
 
 machine "bench: cpu_fast model"
 SEGPETS_CACHE_DIR="$OUT/cache-bench" $PY -m segpets.bench data.root="$MINI" \
-  model.width=16 model.batch_norm=true model.channels_last=true data.image_size=96 batch_size=16 \
+  model.width=16 model.batch_norm=true model.channels_last=true data.image_size=64 batch_size=8 \
   hydra.run.dir="$OUT/bench_cpu_fast"
 
 machine "bench: seed UNet at 256 px"
