@@ -26,9 +26,7 @@ def curve(run_dir: Path, tag: str = "val/dice") -> list[tuple[int, float, float]
     acc.Reload()
     start = min(e.wall_time for t in acc.Tags()["scalars"] for e in acc.Scalars(t))
     epochs = {e.step: int(e.value) for e in acc.Scalars("epoch")}
-    return [
-        (epochs.get(e.step, -1), (e.wall_time - start) / 60, e.value) for e in acc.Scalars(tag)
-    ]
+    return [(epochs.get(e.step, -1), (e.wall_time - start) / 60, e.value) for e in acc.Scalars(tag)]
 
 
 def main() -> None:
