@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 train: setup  ## a real training run on the generated pets set (CPU, about a minute)
 	$(BIN)/python -m segpets.train experiment=quickstart
 
-lint: setup
-	$(BIN)/ruff check segpets tests
+lint: setup  ## ruff lint + format check of everything: package, tests, scripts, notebooks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: lint  ## ruff, then the whole test suite (CPU, a few minutes)
 	$(BIN)/python -m pytest
