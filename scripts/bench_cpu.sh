@@ -3,7 +3,8 @@
 #   1. segpets.bench for the cpu_fast model (UNet width 16 + BatchNorm, channels_last, 64 px,
 #      batch 8, as it trains)
 #   2. segpets.bench for the seed UNet (width 64) at 256 px, batch 2
-#   3. experiment=cpu_fast trained on the mini set, timed, and its Dice-vs-minutes curve
+#   3. experiment=cpu_fast trained on the mini set, then its tested checkpoint evaluated with
+#      hflip TTA at full resolution (segpets.eval), timed together, and the Dice-vs-minutes curve
 # Usage: scripts/bench_cpu.sh [OUT_DIR] [MINI_ROOT]   (run from the repo root)
 set -euo pipefail
 OUT=$(realpath -m "${1:-/tmp/segpets-bench-$(date -u +%Y%m%d-%H%M%S)}")
@@ -32,8 +33,12 @@ machine "train: experiment=cpu_fast (fresh cache: its build counts in the wall t
 start=$(date +%s)
 SEGPETS_CACHE_DIR="$OUT/cache-train" $PY -m segpets.train experiment=cpu_fast \
   data.root="$MINI" $QUIET hydra.run.dir="$OUT/cpu_fast"
-wall=$(( $(date +%s) - start ))
-echo "cpu_fast wall time: ${wall} s (python start-up, cache build, fit and test)"
+echo "cpu_fast train wall time: $(( $(date +%s) - start )) s (start-up, cache build, fit, test)"
+CKPT=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['ckpt_path'])" \
+  "$OUT/cpu_fast/test_metrics.json")
+SEGPETS_CACHE_DIR="$OUT/cache-train" $PY -m segpets.eval ckpt_path="$CKPT" data.root="$MINI" \
+  eval.tta=hflip eval.full_res=true progress_bar=false hydra.run.dir="$OUT/cpu_fast_eval"
+echo "cpu_fast wall time: $(( $(date +%s) - start )) s (train as above + segpets.eval hflip TTA)"
 machine "done"
 $PY scripts/dice_curve.py "$OUT/cpu_fast" --csv "$OUT/cpu_fast_curve.csv"
 echo "outputs: $OUT"

@@ -7,15 +7,16 @@ import os
 import shutil
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from segpets.data import PetDataModule, synthetic
+from segpets.data import PetDataModule, cache, synthetic
 from segpets.data.cache import load_or_build
-from segpets.data.oxford_pet import trimap_path
+from segpets.data.oxford_pet import image_path, load_rgb, trimap_path
 from segpets.errors import ConfigError
 from tests.conftest import compose_train
 
@@ -64,6 +65,17 @@ def test_miss_then_hit_then_rebuild_when_a_file_changes(small_root: Path, tmp_pa
     assert not list(entry.parent.glob("*.tmp-*")) and not list(entry.parent.glob("*.old-*"))
 
 
+def test_entries_of_another_cache_format_are_rebuilt(
+    small_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same files, different pixels (e.g. the resize method changed): not a hit."""
+    names = datamodule(small_root, tmp_path, cache=True).split_names("val")
+    assert not load_or_build(tmp_path / "cache", small_root, "val", names, 48)[1]
+    assert load_or_build(tmp_path / "cache", small_root, "val", names, 48)[1]
+    monkeypatch.setattr(cache, "FORMAT", cache.FORMAT + "-next")
+    assert not load_or_build(tmp_path / "cache", small_root, "val", names, 48)[1]
+
+
 def test_cached_eval_samples_equal_uncached(small_root: Path, tmp_path: Path) -> None:
     plain = datamodule(small_root, tmp_path, cache=False).dataset("val")
     cached = datamodule(small_root, tmp_path, cache=True).dataset("val")
@@ -73,6 +85,27 @@ def test_cached_eval_samples_equal_uncached(small_root: Path, tmp_path: Path) ->
         assert a["name"] == b["name"]
         assert torch.equal(a["mask"], b["mask"])
         assert torch.allclose(a["image"], b["image"], atol=1e-6)
+
+
+def test_each_split_is_cached_with_its_own_pipelines_resampling(
+    small_root: Path, tmp_path: Path
+) -> None:
+    """Train shrinks with plain linear (its RandomResizedCrop), val/test with area (their
+    Resize): the cached arrays are what each pipeline's resize gives, in separate entries."""
+    dm = datamodule(small_root, tmp_path, cache=True)
+    train, val = dm.dataset("train"), dm.dataset("val")
+    assert train.entry.name == "train-48px-linear" and val.entry.name == "val-48px-area-linear"
+    for ds, resize in (
+        (train, A.Resize(48, 48)),
+        (val, A.Resize(48, 48, area_for_downscale="image")),
+    ):
+        name = ds.names[0]
+        expected = resize(image=load_rgb(image_path(small_root, name)))["image"]
+        assert np.array_equal(ds.arrays()[0][0], expected)
+    assert not np.array_equal(  # the two resamplings differ on these images
+        A.Resize(48, 48)(image=load_rgb(image_path(small_root, val.names[0])))["image"],
+        val.arrays()[0][0],
+    )
 
 
 def test_augmentations_still_run_per_sample(small_root: Path, tmp_path: Path) -> None:

@@ -79,6 +79,19 @@ def test_augmentation_keeps_image_and_mask_aligned(mini_root: Path, tmp_path: Pa
         assert agree > 0.98, f"seed {seed}: only {agree:.3f} of pixels agree"
 
 
+def test_eval_shrinking_is_antialiased(tmp_path: Path) -> None:
+    """Photos are shrunk ~4-8x to 64-128 px: cv2's plain linear resize samples only 2x2 source
+    pixels per output pixel and aliases, which cost the cpu_fast recipe ~0.015 test Dice
+    (docs/benchmarks.md). Area resampling averages the whole footprint: at ~8x, per-pixel
+    noise keeps ~1/8 of its std (plain linear keeps ~1/2)."""
+    cfg = compose_train(["data.image_size=64"], tmp_path)
+    resize = instantiate(cfg.data.eval_transform).transforms[0]
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    out = resize(image=noise, mask=np.zeros((512, 512), np.uint8))["image"]
+    assert out.shape[:2] == (64, 64)
+    assert out.std() < 0.25 * noise.std()
+
+
 def test_missing_root_is_one_clear_error(tmp_path: Path) -> None:
     dm = datamodule(tmp_path / "nowhere", tmp_path)
     with pytest.raises(DataError, match="data.root"):

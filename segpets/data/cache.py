@@ -2,10 +2,12 @@
 size, stored as uint8 ``.npy`` arrays that are memory-mapped by every epoch, worker and run.
 
 Decoding a JPEG (plus the RGB conversion and the resize) costs far more than the per-sample
-augmentations at 96–256 px, so it is done once per (dataset root, split, size). An entry lives
-in ``<cache_dir>/<root name>-<root hash>/<split>-<size>px/`` — never under the dataset root,
-which may be read-only — and records a fingerprint of its source files (names, sizes and
-modification times); when any of them changes, the entry is rebuilt on next use.
+augmentations at 96–256 px, so it is done once per (dataset root, split, size, resampling).
+Each split is shrunk the way its own pipeline's first step (``Resize`` or
+``RandomResizedCrop``) shrinks, so cached eval samples equal uncached ones. An entry lives
+in ``<cache_dir>/<root name>-<root hash>/<split>-<size>px-<resampling>/`` — never under the
+dataset root, which may be read-only — and records a fingerprint of its source files (names,
+sizes and modification times); when any of them changes, the entry is rebuilt on next use.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import os
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 
@@ -34,11 +38,54 @@ from segpets.errors import ConfigError
 
 log = logging.getLogger(__name__)
 META = "meta.json"
+# Part of every fingerprint; change it whenever the cached pixels change for the same files
+# (format 2: each split resampled as its pipeline does), so older entries are rebuilt.
+FORMAT = "segpets-cache-2"
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """How a pipeline shrinks/enlarges images: albumentations' ``interpolation`` (a cv2 flag)
+    and ``area_for_downscale`` (None, or "image": cv2's area averaging when shrinking)."""
+
+    interpolation: int = cv2.INTER_LINEAR
+    area_for_downscale: str | None = None
+
+    @classmethod
+    def of(cls, pipeline: object) -> Resampling:
+        """The resampling of the first resizing step of an albumentations ``Compose``."""
+        for step in getattr(pipeline, "transforms", []):
+            if isinstance(step, A.Resize | A.RandomResizedCrop):
+                return cls(int(step.interpolation), step.area_for_downscale)
+        return cls()
+
+    @property
+    def tag(self) -> str:
+        """Folder-name part, e.g. ``linear`` or ``area-linear`` (area when shrinking)."""
+        name = INTERPOLATION_NAMES.get(self.interpolation, f"cv2-{self.interpolation}")
+        return f"area-{name}" if self.area_for_downscale else name
+
+    def resize(self, size: int) -> A.Resize:
+        return A.Resize(
+            size,
+            size,
+            interpolation=self.interpolation,
+            area_for_downscale=self.area_for_downscale,  # type: ignore[arg-type]
+        )
+
+
+INTERPOLATION_NAMES = {
+    cv2.INTER_NEAREST: "nearest",
+    cv2.INTER_LINEAR: "linear",
+    cv2.INTER_CUBIC: "cubic",
+    cv2.INTER_AREA: "area",
+    cv2.INTER_LANCZOS4: "lanczos",
+}
 
 
 def fingerprint(root: Path, names: Sequence[str]) -> str:
-    """Hash of the names (in order) and each source file's size and mtime."""
-    digest = hashlib.sha256()
+    """Hash of the cache format, the names (in order) and each source file's size and mtime."""
+    digest = hashlib.sha256(FORMAT.encode())
     for name in names:
         for path in (image_path(root, name), trimap_path(root, name)):
             stat = path.stat()
@@ -46,21 +93,24 @@ def fingerprint(root: Path, names: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def entry_dir(cache_dir: Path, root: Path, split: str, size: int) -> Path:
-    """``<cache_dir>/<root name>-<hash of the absolute root>/<split>-<size>px``."""
+def entry_dir(
+    cache_dir: Path, root: Path, split: str, size: int, resampling: Resampling = Resampling()
+) -> Path:
+    """``<cache_dir>/<root name>-<hash of the absolute root>/<split>-<size>px-<resampling>``."""
     root_hash = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    return cache_dir / f"{root.name}-{root_hash}" / f"{split}-{size}px"
+    return cache_dir / f"{root.name}-{root_hash}" / f"{split}-{size}px-{resampling.tag}"
 
 
 def _decode_resized(root: Path, name: str, resize: A.Resize) -> tuple[np.ndarray, np.ndarray]:
-    """(S, S, 3) and (S, S) uint8 — the same resize as the eval pipeline's ``Resize`` (linear
-    for the image, nearest for the mask), so cached eval samples equal uncached ones."""
+    """(S, S, 3) and (S, S) uint8, resized as the split's pipeline resizes (the mask: nearest)."""
     image, mask = load_pair(root, name)
     out = resize(image=image, mask=mask)
     return out["image"], out["mask"]
 
 
-def _build(entry: Path, root: Path, names: Sequence[str], size: int, stamp: str) -> None:
+def _build(
+    entry: Path, root: Path, names: Sequence[str], size: int, resize: A.Resize, stamp: str
+) -> None:
     """Write the arrays to a temporary sibling, then swap it in, so a crash or a concurrent
     builder never leaves a half-written entry that looks valid."""
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
@@ -70,7 +120,6 @@ def _build(entry: Path, root: Path, names: Sequence[str], size: int, stamp: str)
         tmp / "images.npy", "w+", np.uint8, (len(names), size, size, 3)
     )
     masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(names), size, size))
-    resize = A.Resize(size, size)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
         for i, (image, mask) in enumerate(
             pool.map(lambda n: _decode_resized(root, n, resize), names)
@@ -91,17 +140,22 @@ def _build(entry: Path, root: Path, names: Sequence[str], size: int, stamp: str)
 
 
 def load_or_build(
-    cache_dir: str | Path, root: Path, split: str, names: Sequence[str], size: int
+    cache_dir: str | Path,
+    root: Path,
+    split: str,
+    names: Sequence[str],
+    size: int,
+    resampling: Resampling = Resampling(),
 ) -> tuple[Path, bool]:
     """(entry folder, hit): reuse the entry when its fingerprint matches the files on disk,
-    otherwise (re)build it."""
+    otherwise (re)build it, resizing with ``resampling``."""
     cache_dir = Path(cache_dir).expanduser().resolve()
     if cache_dir.is_relative_to(root):
         raise ConfigError(
             f"data.cache_dir '{cache_dir}' is inside the dataset root '{root}'; the cache must "
             f"live elsewhere (the dataset may be read-only)"
         )
-    entry = entry_dir(cache_dir, root, split, size)
+    entry = entry_dir(cache_dir, root, split, size, resampling)
     stamp = fingerprint(root, names)
     try:
         hit = json.loads((entry / META).read_text()).get("fingerprint") == stamp
@@ -109,7 +163,7 @@ def load_or_build(
         hit = False
     if not hit:
         log.info("building the %s %dpx cache of '%s' in %s", split, size, root, entry)
-        _build(entry, root, names, size, stamp)
+        _build(entry, root, names, size, resampling.resize(size), stamp)
     return entry, hit
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from segpets.data import synthetic
-from segpets.data.cache import CachedPetDataset, load_or_build
+from segpets.data.cache import CachedPetDataset, Resampling, load_or_build
 from segpets.data.oxford_pet import (
     PetSegmentationDataset,
     TorchSeeded,
@@ -129,7 +129,11 @@ class PetDataModule(L.LightningDataModule):
                 TorchSeeded(self.train_transform) if split == "train" else self.eval_transform
             )
             if self.cache:  # decoded + resized once (segpets.data.cache), augmented per sample
-                entry, _ = load_or_build(self.cache_dir, self.root, split, names, self.image_size)
+                pipeline = self.train_transform if split == "train" else self.eval_transform
+                resampling = Resampling.of(pipeline)
+                entry, _ = load_or_build(
+                    self.cache_dir, self.root, split, names, self.image_size, resampling
+                )
                 self.datasets[split] = CachedPetDataset(self.root, names, transform, entry)
             else:
                 skip = self.bad_samples == "skip"
