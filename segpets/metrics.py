@@ -36,9 +36,15 @@ class PerImageDice(BinaryF1Score):
     def __init__(self, **kwargs) -> None:
         super().__init__(multidim_average="samplewise", zero_division=1.0, **kwargs)
 
+    def _update_state(self, *stats: torch.Tensor) -> None:
+        """Keep every per-image count 1-D. torchmetrics squeezes a one-image batch's counts
+        to 0-D; under DDP a rank holding one 0-D state then runs a different all-gather than
+        ranks holding 1-D ones, and validation hangs (a 3-image split on 2 processes)."""
+        super()._update_state(*(stat.reshape(-1) for stat in stats))
+
     def per_image(self) -> torch.Tensor:
         """(num_images,) Dice of every image seen since the last reset."""
-        return super().compute()
+        return super().compute().reshape(-1)
 
     def compute(self) -> torch.Tensor:
         return self.per_image().mean()

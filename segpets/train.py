@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from segpets.build import build_callbacks, build_loggers, build_module, instantiate_or_explain
 from segpets.callbacks.resume import exit_code_on_preemption
 from segpets.checkpoint_io import refuse_overwrite, resolve_ckpt_path
+from segpets.distributed import check_eval_shards, without_cpu_sync_batchnorm
 from segpets.errors import ConfigError, user_errors, with_group_check
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate_or_explain(cfg.data, "data")
     module = build_module(cfg)
     trainer: L.Trainer = instantiate_or_explain(
-        cfg.trainer,
+        without_cpu_sync_batchnorm(cfg.trainer),
         "trainer",
         callbacks=build_callbacks(cfg.get("callbacks")),
         logger=build_loggers(cfg.get("logger")) or False,
@@ -78,8 +79,11 @@ def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -
         module.configure_optimizers()  # a dry run: torch checks every optimizer argument
     except (ValueError, TypeError) as err:
         raise ConfigError(f"optimizer/scheduler: {err}") from None
-    if cfg.get("test") and hasattr(datamodule, "dataset") and not datamodule.download:
-        datamodule.dataset("test")
+    if hasattr(datamodule, "dataset") and not datamodule.download:
+        splits = ["train", "val"] + (["test"] if cfg.get("test") else [])
+        for split in splits:  # every file of every split checked before the first step
+            datamodule.dataset(split)
+        check_eval_shards(datamodule, splits[1:], trainer.world_size)
     ckpt_path = resolve_ckpt_path(cfg)
     refuse_overwrite(getattr(trainer.checkpoint_callback, "dirpath", None), ckpt_path)
     return ckpt_path

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from PIL import Image
 
 from segpets.data import PetDataModule, cache, synthetic
 from segpets.data.cache import load_or_build
-from segpets.data.oxford_pet import image_path, load_rgb, trimap_path
+from segpets.data.oxford_pet import image_path, load_pair, load_rgb, trimap_path
 from segpets.errors import ConfigError
 from tests.conftest import compose_train
 
@@ -91,17 +92,23 @@ def test_each_split_is_cached_with_its_own_pipelines_resampling(
     small_root: Path, tmp_path: Path
 ) -> None:
     """Train shrinks with plain linear (its RandomResizedCrop), val/test with area (their
-    Resize): the cached arrays are what each pipeline's resize gives, in separate entries."""
+    Resize), masks of both with centre-aligned nearest: the cached arrays are what each
+    pipeline's resize gives, in separate entries (named by all three flags, so entries of
+    older code, whose masks sat half a pixel off, are never reused)."""
     dm = datamodule(small_root, tmp_path, cache=True)
     train, val = dm.dataset("train"), dm.dataset("val")
-    assert train.entry.name == "train-48px-linear" and val.entry.name == "val-48px-area-linear"
+    assert train.entry.name == "train-48px-linear-mask-nearest_exact"
+    assert val.entry.name == "val-48px-area-linear-mask-nearest_exact"
+    exact = cv2.INTER_NEAREST_EXACT
     for ds, resize in (
-        (train, A.Resize(48, 48)),
-        (val, A.Resize(48, 48, area_for_downscale="image")),
+        (train, A.Resize(48, 48, mask_interpolation=exact)),
+        (val, A.Resize(48, 48, area_for_downscale="image", mask_interpolation=exact)),
     ):
         name = ds.names[0]
-        expected = resize(image=load_rgb(image_path(small_root, name)))["image"]
-        assert np.array_equal(ds.arrays()[0][0], expected)
+        image, mask = load_pair(small_root, name)
+        expected = resize(image=image, mask=mask)
+        assert np.array_equal(ds.arrays()[0][0], expected["image"])
+        assert np.array_equal(ds.arrays()[1][0], expected["mask"])
     assert not np.array_equal(  # the two resamplings differ on these images
         A.Resize(48, 48)(image=load_rgb(image_path(small_root, val.names[0])))["image"],
         val.arrays()[0][0],

@@ -39,48 +39,61 @@ from segpets.errors import ConfigError
 log = logging.getLogger(__name__)
 META = "meta.json"
 # Part of every fingerprint; change it whenever the cached pixels change for the same files
-# (format 2: each split resampled as its pipeline does), so older entries are rebuilt.
-FORMAT = "segpets-cache-2"
+# (format 2: each split resampled as its pipeline does; 3: masks resized centre-aligned, and
+# records of samples skipped by data.bad_samples=skip), so older entries are rebuilt.
+FORMAT = "segpets-cache-3"
 
 
 @dataclass(frozen=True)
 class Resampling:
-    """How a pipeline shrinks/enlarges images: albumentations' ``interpolation`` (a cv2 flag)
-    and ``area_for_downscale`` (None, or "image": cv2's area averaging when shrinking)."""
+    """How a pipeline resizes: albumentations' ``interpolation`` (a cv2 flag for the image),
+    ``area_for_downscale`` (None, or "image": cv2's area averaging when shrinking) and
+    ``mask_interpolation`` (the cv2 flag for the mask; ``INTER_NEAREST_EXACT`` keeps it
+    centre-aligned with the image, plain ``INTER_NEAREST`` shifts it ~0.5 px)."""
 
     interpolation: int = cv2.INTER_LINEAR
     area_for_downscale: str | None = None
+    mask_interpolation: int = cv2.INTER_NEAREST_EXACT
 
     @classmethod
     def of(cls, pipeline: object) -> Resampling:
         """The resampling of the first resizing step of an albumentations ``Compose``."""
         for step in getattr(pipeline, "transforms", []):
             if isinstance(step, A.Resize | A.RandomResizedCrop):
-                return cls(int(step.interpolation), step.area_for_downscale)
+                return cls(
+                    int(step.interpolation), step.area_for_downscale, int(step.mask_interpolation)
+                )
         return cls()
 
     @property
     def tag(self) -> str:
-        """Folder-name part, e.g. ``linear`` or ``area-linear`` (area when shrinking)."""
-        name = INTERPOLATION_NAMES.get(self.interpolation, f"cv2-{self.interpolation}")
-        return f"area-{name}" if self.area_for_downscale else name
+        """Folder-name part, e.g. ``area-linear-mask-nearest_exact``."""
+        image = _name(self.interpolation)
+        image = f"area-{image}" if self.area_for_downscale else image
+        return f"{image}-mask-{_name(self.mask_interpolation)}"
 
     def resize(self, size: int) -> A.Resize:
         return A.Resize(
             size,
             size,
-            interpolation=self.interpolation,
+            interpolation=self.interpolation,  # type: ignore[arg-type]
             area_for_downscale=self.area_for_downscale,  # type: ignore[arg-type]
+            mask_interpolation=self.mask_interpolation,  # type: ignore[arg-type]
         )
 
 
 INTERPOLATION_NAMES = {
     cv2.INTER_NEAREST: "nearest",
+    cv2.INTER_NEAREST_EXACT: "nearest_exact",
     cv2.INTER_LINEAR: "linear",
     cv2.INTER_CUBIC: "cubic",
     cv2.INTER_AREA: "area",
     cv2.INTER_LANCZOS4: "lanczos",
 }
+
+
+def _name(flag: int) -> str:
+    return INTERPOLATION_NAMES.get(flag, f"cv2-{flag}")
 
 
 def fingerprint(root: Path, names: Sequence[str]) -> str:
@@ -102,7 +115,7 @@ def entry_dir(
 
 
 def _decode_resized(root: Path, name: str, resize: A.Resize) -> tuple[np.ndarray, np.ndarray]:
-    """(S, S, 3) and (S, S) uint8, resized as the split's pipeline resizes (the mask: nearest)."""
+    """(S, S, 3) and (S, S) uint8, resized as the split's pipeline resizes image and mask."""
     image, mask = load_pair(root, name)
     out = resize(image=image, mask=mask)
     return out["image"], out["mask"]

@@ -22,6 +22,7 @@ from segpets.data.oxford_pet import (
     scan_sample,
     split_every_nth,
 )
+from segpets.data.transforms import warn_misaligned_mask_resizes
 from segpets.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class PetDataModule(L.LightningDataModule):
                 raise ConfigError(f"data.{key} must be a positive integer, got {value}")
         self.root = Path(root).expanduser().resolve()
         self.train_transform, self.eval_transform = train_transform, eval_transform
+        warn_misaligned_mask_resizes(train_transform, "data.train_transform")
+        warn_misaligned_mask_resizes(eval_transform, "data.eval_transform")
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
