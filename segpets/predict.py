@@ -2,9 +2,10 @@
 [output_dir=DIR] [threshold=0.5] [tta=hflip] [overlay=true] [probabilities=true]``.
 
 ``ckpt_path`` is a training checkpoint or an ONNX/TorchScript file from ``segpets.export``;
-the preprocessing (image size, normalisation) is read from it. Every mask is written at its
-input's original width and height. Exit codes: 0 all written; 2 a user error (nothing
-written); 3 some inputs were unreadable and skipped (named on stderr), the rest written.
+the preprocessing (image size, normalisation) is read from it. Every input is read as image
+viewers display it (its EXIF Orientation applied) and its mask is written at that width and
+height. Exit codes: 0 all written; 2 a user error (nothing written); 3 some inputs were
+unreadable and skipped (named on stderr), the rest written.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def predict(cfg: DictConfig) -> list[str]:
         images = {}
         for f in batch:
             try:
-                images[f] = load_rgb(f)
+                images[f] = load_rgb(f, upright=True)  # as displayed (EXIF)
             except DataError as err:
                 skipped.append(str(f))
                 print(f"segpets: skipped unreadable input: {err}", file=sys.stderr, flush=True)

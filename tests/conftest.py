@@ -15,6 +15,8 @@ CONFIG_DIR = REPO / "configs"
 MINI_DATA = Path(
     os.environ.get("SEGPETS_MINI_DATA", REPO.parent / "shared" / "data" / "oxford-pet-mini")
 )
+# small real inputs segpets once got wrong (../shared/cases/README.md)
+CASES = Path(os.environ.get("SEGPETS_CASES", REPO.parent / "shared" / "cases"))
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from PIL import Image
+from PIL import Image, ImageOps
 
 from segpets.errors import ConfigError
 from segpets.predict import SKIPPED_EXIT_CODE, predict
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CASES, CONFIG_DIR
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,73 @@ def test_predict_rejects_bad_options(tmp_path: Path) -> None:
         predict(compose_predict([*base[:1], f"input={tmp_path}/nothing", base[2]]))
     with pytest.raises(ConfigError, match="ckpt_path: no such file"):
         predict(compose_predict(base))
+
+
+# EXIF Orientation → the PIL transpose a viewer applies (ImageOps.exif_transpose)
+SHOWN_BY = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# the transpose that stores an upright photo so that its tag shows it upright again
+UNDO = {**SHOWN_BY, 6: SHOWN_BY[8], 8: SHOWN_BY[6]}
+
+
+def test_predict_segments_photos_as_displayed_for_every_exif_orientation(
+    tiny_ckpt: Path, mini_root: Path, tmp_path: Path
+) -> None:
+    """A photo stored turned, with the EXIF tag that turns it back (what phones write), gets the
+    mask, overlay and probabilities of the displayed photo, at the displayed size."""
+    upright = Image.open(mini_root / "images" / "Abyssinian_100.jpg").convert("RGB")
+    upright = upright.crop((0, 0, 301, 233))  # odd and not square: a turn changes W×H
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    upright.save(folder / "orientation_1.png")
+    for tag, undo in UNDO.items():
+        stored = upright.transpose(undo)
+        exif = Image.Exif()
+        exif[0x0112] = tag  # Orientation
+        stored.save(folder / f"orientation_{tag}.png", exif=exif)
+        assert ImageOps.exif_transpose(Image.open(folder / f"orientation_{tag}.png")).size == (
+            301,
+            233,
+        )
+    out = tmp_path / "out"
+    cfg = compose_predict(
+        [f"ckpt_path={tiny_ckpt}", f"input={folder}", f"output_dir={out}", "overlay=true"]
+        + ["probabilities=true"]
+    )
+    assert predict(cfg) == []
+    reference = {k: np.asarray(Image.open(out / f"orientation_1_{k}.png")) for k in KINDS}
+    assert reference["mask"].shape == (233, 301) and 0 < reference["mask"].mean() < 255
+    for tag in range(2, 9):
+        for kind in KINDS:
+            got = np.asarray(Image.open(out / f"orientation_{tag}_{kind}.png"))
+            assert np.array_equal(got, reference[kind]), f"orientation {tag}: {kind} differs"
+
+
+KINDS = ("mask", "overlay", "prob")
+
+
+def test_predict_phone_photo_case(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """../shared/cases/exif/phone_photo.jpg: stored 500×394 with Orientation 6, shown 394×500."""
+    photo = CASES / "exif" / "phone_photo.jpg"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not found (set SEGPETS_CASES)")
+    out = tmp_path / "out"
+    cfg = compose_predict([f"ckpt_path={tiny_ckpt}", f"input={photo}", f"output_dir={out}"])
+    assert predict(cfg) == []
+    shown = ImageOps.exif_transpose(Image.open(photo))
+    assert Image.open(photo).size == (500, 394) and shown.size == (394, 500)
+    assert Image.open(out / "phone_photo_mask.png").size == (394, 500)
+    # the same pixels turned upright by hand and saved without a tag: the very same mask
+    shown.convert("RGB").save(tmp_path / "by_hand.png")
+    cfg = compose_predict([f"ckpt_path={tiny_ckpt}", f"input={tmp_path / 'by_hand.png'}"])
+    cfg.output_dir = str(out)
+    assert predict(cfg) == []
+    by_hand = np.asarray(Image.open(out / "by_hand_mask.png"))
+    assert np.array_equal(np.asarray(Image.open(out / "phone_photo_mask.png")), by_hand)

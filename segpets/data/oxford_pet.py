@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
 from segpets.errors import DataError
@@ -63,14 +63,17 @@ def split_every_nth(names: Sequence[str], every: int) -> tuple[list[str], list[s
     return train, val
 
 
-def _decode(path: Path, mode: str | None = None) -> np.ndarray:
-    """Decode ``path`` (converted to ``mode`` if given) into an array, or raise ``DataError``
-    naming the file: PIL raises many exception types on malformed files (OSError, SyntaxError,
-    EOFError, struct.error, IndexError, ...; tests/test_fuzz.py feeds it thousands)."""
+def _decode(path: Path, mode: str | None = None, upright: bool = False) -> np.ndarray:
+    """Decode ``path`` (converted to ``mode`` if given; with ``upright``, turned as its EXIF
+    Orientation tag says, i.e. as image viewers display it) into an array, or raise
+    ``DataError`` naming the file: PIL raises many exception types on malformed files (OSError,
+    SyntaxError, EOFError, struct.error, IndexError, ...; tests/test_fuzz.py feeds it
+    thousands)."""
     try:
         with Image.open(path) as img:
             img.load()  # decode now so truncated files fail here, with the file name
-            return np.asarray(img.convert(mode) if mode else img)
+            shown = ImageOps.exif_transpose(img) if upright else img
+            return np.asarray(shown.convert(mode) if mode else shown)
     except FileNotFoundError:
         raise DataError(f"file not found: '{path}'") from None
     except Image.DecompressionBombError as err:
@@ -81,9 +84,13 @@ def _decode(path: Path, mode: str | None = None) -> np.ndarray:
         raise DataError(f"cannot read image '{path}': {type(err).__name__}: {err}") from None
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8; GIF/palette/RGBA/grayscale/CMYK all become RGB (alpha is dropped)."""
-    return _decode(path, "RGB").astype(np.uint8, copy=False)
+def load_rgb(path: Path, upright: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8; GIF/palette/RGBA/grayscale/CMYK all become RGB (alpha is dropped).
+
+    ``upright=False`` (the dataset: its trimaps are aligned to the stored pixels) keeps the
+    stored pixels; ``upright=True`` (new photos, ``segpets.predict``) applies the EXIF
+    Orientation tag (values 1-8) as viewers do, so (H, W) is the displayed size."""
+    return _decode(path, "RGB", upright).astype(np.uint8, copy=False)
 
 
 def load_mask(path: Path) -> np.ndarray:
