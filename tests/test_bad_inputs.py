@@ -133,6 +133,17 @@ def trimap_with_value(path: Path, value: int) -> None:
     Image.fromarray(trimap).save(path)
 
 
+def colour_palette(path: Path) -> None:
+    """The trimap as a palette PNG whose indices are right but whose palette shows colours."""
+    trimap = Image.fromarray(np.asarray(Image.open(path))).convert("P")
+    trimap.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    trimap.save(path)
+
+
+def keep_lines(path: Path, count: int) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:count]))
+
+
 def resize_trimap(path: Path) -> None:
     trimap = Image.open(path)
     trimap.resize((trimap.width + 3, trimap.height)).save(path)
@@ -189,6 +200,21 @@ DATA_ROWS: dict[str, Callable[[Path], str]] = {
     "trimap values outside {1,2,3}": lambda r: (
         trimap_with_value(trimap_path(r, first(r)), 7),
         re.escape(f"trimap '{trimap_path(r, first(r))}' has values [7] outside {{1, 2, 3}}"),
+    )[1],
+    "palette trimap whose colours are not grey levels": lambda r: (
+        colour_palette(trimap_path(r, first(r))),
+        re.escape(f"trimap '{trimap_path(r, first(r))}' is a palette image whose colours are"),
+    )[1],
+    "empty validation split (trainval shorter than data.val_every)": lambda r: (
+        keep_lines(r / "annotations" / "trainval.txt", 9),
+        re.escape(f"the val split is empty: '{r / 'annotations' / 'trainval.txt'}' lists 9 ")
+        + r"image\(s\) and data\.val_every=10",
+    )[1],
+    "a trainval name that is also a test name": lambda r: (
+        (r / "annotations" / "test.txt").open("a").write(f"{first(r)} 1 1 1\n"),
+        re.escape(f"1 name(s) of '{r / 'annotations' / 'trainval.txt'}' are also in ")
+        + re.escape(f"'{r / 'annotations' / 'test.txt'}' ({first(r)})")
+        + r".*data\.allow_test_overlap=true",
     )[1],
 }
 

@@ -34,7 +34,7 @@ from segpets.data.oxford_pet import (
     load_pair,
     trimap_path,
 )
-from segpets.errors import ConfigError
+from segpets.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 META = "meta.json"
@@ -122,26 +122,28 @@ def _decode_resized(root: Path, name: str, resize: A.Resize) -> tuple[np.ndarray
 
 
 def _build(
-    entry: Path, root: Path, names: Sequence[str], size: int, resize: A.Resize, stamp: str
+    entry: Path,
+    root: Path,
+    names: Sequence[str],
+    resize: A.Resize,
+    stamp: str,
+    skip_bad: bool = False,
 ) -> None:
     """Write the arrays to a temporary sibling, then swap it in, so a crash or a concurrent
-    builder never leaves a half-written entry that looks valid."""
+    builder never leaves a half-written entry that looks valid. A sample that fails to decode
+    raises its ``DataError``, or with ``skip_bad`` is recorded in ``meta.json`` (``bad``:
+    name → message) and left out by :class:`CachedPetDataset`."""
+    size = resize.height
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    images = np.lib.format.open_memmap(
-        tmp / "images.npy", "w+", np.uint8, (len(names), size, size, 3)
-    )
-    masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(names), size, size))
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
-        for i, (image, mask) in enumerate(
-            pool.map(lambda n: _decode_resized(root, n, resize), names)
-        ):
-            images[i], masks[i] = image, mask
-    images.flush(), masks.flush()
-    del images, masks
+    try:
+        bad = _write_arrays(tmp, root, names, resize, skip_bad)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     meta = {"root": str(root), "size": size, "names": list(names), "fingerprint": stamp}
-    (tmp / META).write_text(json.dumps(meta))
+    (tmp / META).write_text(json.dumps({**meta, "bad": bad}))
     old = entry.with_name(f"{entry.name}.old-{os.getpid()}")
     if entry.exists():
         entry.rename(old)  # readers that still map the old arrays keep them until they close
@@ -152,6 +154,40 @@ def _build(
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_arrays(
+    folder: Path, root: Path, names: Sequence[str], resize: A.Resize, skip_bad: bool
+) -> dict[str, str]:
+    """``images.npy`` (N, S, S, 3) and ``masks.npy`` (N, S, S) uint8 in ``folder``; returns the
+    samples skipped (name → error message), whose rows stay zero."""
+    size = resize.height
+    shape = (len(names), size, size)
+    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (*shape, 3))
+    masks = np.lib.format.open_memmap(folder / "masks.npy", "w+", np.uint8, shape)
+
+    def decode(name: str) -> tuple[np.ndarray, np.ndarray] | str:
+        try:
+            return _decode_resized(root, name, resize)
+        except DataError as err:
+            if not skip_bad:
+                raise
+            return str(err)
+
+    bad: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+        for i, (name, out) in enumerate(zip(names, pool.map(decode, names), strict=True)):
+            if isinstance(out, str):
+                bad[name] = out
+            else:
+                images[i], masks[i] = out
+    images.flush(), masks.flush()
+    return bad
+
+
+def bad_samples(entry: Path) -> dict[str, str]:
+    """Samples a ``data.bad_samples=skip`` build could not decode: name → error message."""
+    return json.loads((entry / META).read_text()).get("bad", {})
+
+
 def load_or_build(
     cache_dir: str | Path,
     root: Path,
@@ -159,9 +195,11 @@ def load_or_build(
     names: Sequence[str],
     size: int,
     resampling: Resampling = Resampling(),
+    skip_bad: bool = False,
 ) -> tuple[Path, bool]:
     """(entry folder, hit): reuse the entry when its fingerprint matches the files on disk,
-    otherwise (re)build it, resizing with ``resampling``."""
+    otherwise (re)build it, resizing with ``resampling``; with ``skip_bad`` samples that fail
+    to decode are recorded (:func:`bad_samples`) instead of raising."""
     cache_dir = Path(cache_dir).expanduser().resolve()
     if cache_dir.is_relative_to(root):
         raise ConfigError(
@@ -176,7 +214,7 @@ def load_or_build(
         hit = False
     if not hit:
         log.info("building the %s %dpx cache of '%s' in %s", split, size, root, entry)
-        _build(entry, root, names, size, resampling.resize(size), stamp)
+        _build(entry, root, names, resampling.resize(size), stamp, skip_bad)
     return entry, hit
 
 
@@ -191,6 +229,9 @@ class CachedPetDataset(PetSegmentationDataset):
     def __init__(self, root: Path, names: Sequence[str], transform: Transform, entry: Path):
         super().__init__(root, names, transform)
         self.entry = entry
+        built = json.loads((entry / META).read_text())["names"]
+        row = {name: i for i, name in enumerate(built)}
+        self.rows = [row[name] for name in self.names]  # a subset when bad samples were skipped
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +248,8 @@ class CachedPetDataset(PetSegmentationDataset):
     def __getitem__(self, index: int) -> dict:
         images, masks = self.arrays()
         # copies: augmentations may write in place, and the maps are read-only
-        out = self.transform(image=np.array(images[index]), mask=np.array(masks[index]))
+        row = self.rows[index]
+        out = self.transform(image=np.array(images[row]), mask=np.array(masks[row]))
         return {
             "image": out["image"],
             "mask": torch.as_tensor(out["mask"]).unsqueeze(0).float(),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +15,14 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from segpets.data import synthetic
-from segpets.data.cache import CachedPetDataset, Resampling, load_or_build
+from segpets.data.cache import CachedPetDataset, Resampling, bad_samples, load_or_build
 from segpets.data.oxford_pet import (
     PetSegmentationDataset,
     TorchSeeded,
     Transform,
     collate_skipping_bad,
     read_split,
-    scan_sample,
+    scan_sample_and_mask,
     split_every_nth,
 )
 from segpets.data.transforms import warn_misaligned_mask_resizes
@@ -57,6 +60,7 @@ class PetDataModule(L.LightningDataModule):
         cache: bool = False,
         cache_dir: str | Path | None = None,
         bad_samples: str = "fail",
+        allow_test_overlap: bool = False,
     ) -> None:
         super().__init__()
         if bad_samples not in BAD_SAMPLE_POLICIES:
@@ -76,7 +80,9 @@ class PetDataModule(L.LightningDataModule):
         if cache and not cache_dir:
             raise ConfigError("data.cache=true needs data.cache_dir (a folder outside data.root)")
         self.cache, self.cache_dir = cache, cache_dir
+        self.allow_test_overlap = allow_test_overlap
         self.datasets: dict[str, PetSegmentationDataset] = {}
+        self._splits: dict[str, list[str]] | None = None
 
     # --- data on disk -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -114,41 +120,98 @@ class PetDataModule(L.LightningDataModule):
 
     # --- datasets -----------------------------------------------------------------------
     def split_names(self, split: str) -> list[str]:
-        """Names in ``split`` ∈ {train, val, test}, in split-file order."""
-        ann = self.root / "annotations"
-        if split == "test":
-            return read_split(ann / "test.txt")
-        if split not in ("train", "val"):
+        """Names in ``split`` ∈ {train, val, test}, in split-file order (see :meth:`splits`)."""
+        if split not in ("train", "val", "test"):
             raise ConfigError(f"split must be one of train, val, test; got '{split}'")
-        train, val = split_every_nth(read_split(ann / "trainval.txt"), self.val_every)
-        return train if split == "train" else val
+        if split == "test" and not (self.root / "annotations" / "test.txt").is_file():
+            read_split(self.root / "annotations" / "test.txt")  # "split file not found: ..."
+        return self.splits()[split]
+
+    def splits(self) -> dict[str, list[str]]:
+        """{train, val, test} names, read once: every ``val_every``-th trainval line is
+        validation (no test.txt: no test names). A train or validation image that is also a
+        test image makes the test metrics partly training metrics: ``DataError`` naming them, unless
+        ``data.allow_test_overlap=true``."""
+        if self._splits is None:
+            ann = self.root / "annotations"
+            trainval = read_split(ann / "trainval.txt")
+            test = read_split(ann / "test.txt") if (ann / "test.txt").is_file() else []
+            train, val = split_every_nth(trainval, self.val_every)
+            overlap = sorted(set(trainval) & set(test))
+            if overlap and not self.allow_test_overlap:
+                shown = ", ".join(overlap[:10]) + (" ..." if len(overlap) > 10 else "")
+                raise DataError(
+                    f"{len(overlap)} name(s) of '{ann / 'trainval.txt'}' are also in "
+                    f"'{ann / 'test.txt'}' ({shown}): test metrics on training images are "
+                    f"not test metrics; fix the split files, or set data.allow_test_overlap=true"
+                )
+            self._splits = {"train": train, "val": val, "test": test}
+        return self._splits
 
     def dataset(self, split: str) -> PetSegmentationDataset:
         if split not in self.datasets:
             self._check_layout()
-            names = self._check_files(split, self.split_names(split))
+            names = self._check_files(split, self._non_empty(split))
             # augmentations drawn from torch's RNG: reproducible by seed=, distinct per worker
             transform = (
                 TorchSeeded(self.train_transform) if split == "train" else self.eval_transform
             )
             if self.cache:  # decoded + resized once (segpets.data.cache), augmented per sample
-                pipeline = self.train_transform if split == "train" else self.eval_transform
-                resampling = Resampling.of(pipeline)
-                entry, _ = load_or_build(
-                    self.cache_dir, self.root, split, names, self.image_size, resampling
-                )
-                self.datasets[split] = CachedPetDataset(self.root, names, transform, entry)
+                self.datasets[split] = self._cached(split, names, transform)
             else:
                 skip = self.bad_samples == "skip"
                 self.datasets[split] = PetSegmentationDataset(self.root, names, transform, skip)
         return self.datasets[split]
 
+    def _cached(self, split: str, names: list[str], transform: Transform) -> CachedPetDataset:
+        """The split from its cache entry, built as its own pipeline resizes; samples that
+        failed to decode are skipped (``bad_samples=skip``, with a warning naming each) or
+        raise their ``DataError``, whether this run built the entry or an earlier one did."""
+        pipeline = self.train_transform if split == "train" else self.eval_transform
+        skip = self.bad_samples == "skip"
+        entry, _ = load_or_build(
+            self.cache_dir, self.root, split, names, self.image_size, Resampling.of(pipeline), skip
+        )
+        bad = bad_samples(entry)
+        if bad and not skip:
+            raise DataError(next(iter(bad.values())))
+        if bad and len(bad) == len(names):
+            raise DataError(f"all {len(names)} samples of split '{split}' are bad: {bad}")
+        for message in bad.values():
+            log.warning("skipping a bad sample (data.bad_samples=skip): %s", message)
+        kept = [name for name in names if name not in bad]
+        return CachedPetDataset(self.root, kept, transform, entry)
+
+    def _non_empty(self, split: str) -> list[str]:
+        names = self.split_names(split)
+        if names:
+            return names
+        ann = self.root / "annotations"
+        if split == "test":
+            raise DataError(f"the test split is empty: '{ann / 'test.txt'}' lists no images")
+        raise DataError(
+            f"the {split} split is empty: '{ann / 'trainval.txt'}' lists "
+            f"{len(self.split_names('train')) + len(self.split_names('val'))} image(s) and "
+            f"data.val_every={self.val_every} makes every {self.val_every}th a validation "
+            f"image; list more images or lower data.val_every"
+        )
+
     def _check_files(self, split: str, names: list[str]) -> list[str]:
-        """A quick pre-scan (file headers only, ~1 ms a sample, see ``scan_sample``) that names
-        every bad file at once instead of dying mid-epoch on the first. ``bad_samples=fail``
+        """A quick pre-scan (image headers and trimaps, ~1 ms a sample, threaded; see
+        ``scan_sample``) that names every bad file at once instead of dying mid-epoch on the
+        first, and warns once about trimaps without any pet pixel. ``bad_samples=fail``
         raises; ``skip`` drops those samples with one warning and a count. Returns the names
         to use."""
-        bad = {name: problems for name in names if (problems := scan_sample(self.root, name))}
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PNG decoding
+            found = pool.map(partial(scan_sample_and_mask, self.root), names)
+            scans = dict(zip(names, found, strict=True))
+        no_pet = [name for name, (_, empty) in scans.items() if empty]
+        if no_pet:
+            log.warning(
+                "split '%s': %d trimap(s) have no pet pixel (per-image Dice 1 for an empty "
+                "prediction, 0 for any other): %s", split, len(no_pet), ", ".join(no_pet),
+            )  # fmt: skip
+        bad = {name: problems for name, (problems, _) in scans.items() if problems}
         if not bad:
             return names
         problems = [problem for found in bad.values() for problem in found]
@@ -165,8 +228,8 @@ class PetDataModule(L.LightningDataModule):
             f" and {len(problems) - 10} more (all listed in the log)" if len(problems) > 10 else ""
         )
         raise DataError(
-            f"{len(problems)} files named by the split files are unreadable or missing: "
-            f"{shown}{more}; data.bad_samples=skip would train without those samples"
+            f"{len(problems)} files named by the split files are invalid, unreadable or "
+            f"missing: {shown}{more}; data.bad_samples=skip would train without those samples"
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -35,20 +35,33 @@ def trimap_path(root: Path, name: str) -> Path:
     return root / "annotations" / "trimaps" / f"{name}.png"
 
 
-def read_split(path: Path) -> list[str]:
-    """Image names of a split or list file; ``#`` comments, blank lines and macOS ``._*``
-    resource-fork entries are ignored, order is kept (validation depends on it)."""
+def read_lines(path: Path) -> list[str]:
+    """Stripped lines of a text file written by any tool: a UTF-8 byte-order mark, CRLF or CR
+    line ends, blank lines and ``#`` comments are dropped; ``DataError`` if it is missing."""
     if not path.is_file():
         raise DataError(f"split file not found: '{path}'")
-    names = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name = line.split()[0]
-        if not name.startswith("._"):
-            names.append(name)
-    return names
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # drops a byte-order mark if there is one
+    except UnicodeDecodeError as err:
+        raise DataError(f"split file '{path}' is not UTF-8 text: {err}") from None
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def read_split(path: Path) -> list[str]:
+    """Image names of a split or list file (the first word of each line, see
+    :func:`read_lines`), in file order (validation depends on it); macOS ``._*`` resource-fork
+    entries are ignored, and a name listed twice is kept once, with a warning naming it."""
+    names = [line.split()[0] for line in read_lines(path)]
+    names = [name for name in names if not name.startswith("._")]
+    unique = list(dict.fromkeys(names))
+    if len(unique) < len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        log.warning(
+            "split file '%s' lists %d name(s) more than once, used once each: %s",
+            path, len(repeated), ", ".join(repeated[:20]) + (" ..." if len(repeated) > 20 else ""),
+        )  # fmt: skip
+    return unique
 
 
 def split_every_nth(names: Sequence[str], every: int) -> tuple[list[str], list[str]]:
@@ -63,17 +76,16 @@ def split_every_nth(names: Sequence[str], every: int) -> tuple[list[str], list[s
     return train, val
 
 
-def _decode(path: Path, mode: str | None = None, upright: bool = False) -> np.ndarray:
-    """Decode ``path`` (converted to ``mode`` if given; with ``upright``, turned as its EXIF
-    Orientation tag says, i.e. as image viewers display it) into an array, or raise
-    ``DataError`` naming the file: PIL raises many exception types on malformed files (OSError,
-    SyntaxError, EOFError, struct.error, IndexError, ...; tests/test_fuzz.py feeds it
-    thousands)."""
+def _decode(path: Path, to_array: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """``to_array`` of the fully decoded image at ``path``, or ``DataError`` naming the file:
+    PIL raises many exception types on malformed files (OSError, SyntaxError, EOFError,
+    struct.error, IndexError, ...; tests/test_fuzz.py feeds it thousands)."""
     try:
         with Image.open(path) as img:
             img.load()  # decode now so truncated files fail here, with the file name
-            shown = ImageOps.exif_transpose(img) if upright else img
-            return np.asarray(shown.convert(mode) if mode else shown)
+            return to_array(img)
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"file not found: '{path}'") from None
     except Image.DecompressionBombError as err:
@@ -90,26 +102,61 @@ def load_rgb(path: Path, upright: bool = False) -> np.ndarray:
     ``upright=False`` (the dataset: its trimaps are aligned to the stored pixels) keeps the
     stored pixels; ``upright=True`` (new photos, ``segpets.predict``) applies the EXIF
     Orientation tag (values 1-8) as viewers do, so (H, W) is the displayed size."""
-    return _decode(path, "RGB", upright).astype(np.uint8, copy=False)
+
+    def rgb(img: Image.Image) -> np.ndarray:
+        return np.asarray((ImageOps.exif_transpose(img) if upright else img).convert("RGB"))
+
+    return _decode(path, rgb).astype(np.uint8, copy=False)
 
 
-def load_mask(path: Path) -> np.ndarray:
-    """(H, W) uint8 binary mask: trimap pet (1) and border (3) → 1, background (2) → 0."""
-    trimap = _decode(path)
+def _trimap_levels(path: Path, img: Image.Image) -> np.ndarray:
+    """(H, W) trimap values of a decoded trimap. A palette (mode P) PNG stores palette indices
+    and shows their colours; what it shows is the trimap, so a grey palette is decoded
+    through it (index → grey level); any other palette is refused, naming the file."""
+    if img.mode != "P":
+        return np.asarray(img)
+    indices = np.asarray(img)
+    palette = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)
+    used = np.unique(indices)
+    if used.max() >= len(palette) or not (palette[used] == palette[used, :1]).all():
+        colours = [tuple(int(c) for c in palette[i]) for i in used[:4] if i < len(palette)]
+        raise DataError(
+            f"trimap '{path}' is a palette image whose colours are not grey levels "
+            f"(index → RGB: {dict(zip(used.tolist(), colours, strict=False))}); a trimap "
+            f"holds 1 pet, 2 background, 3 border: save it as 8-bit grayscale"
+        )
+    return palette[:, 0][indices]
+
+
+def load_trimap(path: Path) -> np.ndarray:
+    """(H, W) uint8 trimap with values in {1, 2, 3} (palette PNGs decoded through their grey
+    palette); ``DataError`` naming the file for more than one channel or other values."""
+    trimap = _decode(path, lambda img: _trimap_levels(path, img))
     if trimap.ndim != 2:
         raise DataError(f"trimap '{path}' must be single-channel, got shape {trimap.shape}")
     bad = np.setdiff1d(np.unique(trimap), [TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER])
     if bad.size:
         raise DataError(f"trimap '{path}' has values {bad.tolist()[:10]} outside {{1, 2, 3}}")
-    return (trimap != TRIMAP_BACKGROUND).astype(np.uint8)
+    return trimap
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """(H, W) uint8 binary mask: trimap pet (1) and border (3) → 1, background (2) → 0."""
+    return (load_trimap(path) != TRIMAP_BACKGROUND).astype(np.uint8)
 
 
 def scan_sample(root: Path, name: str) -> list[str]:
-    """Problems of one sample found from the file headers alone (about 1 ms, no decoding):
-    missing, empty, not an image, over the decompression-bomb limit, a multi-channel trimap,
-    image and trimap sizes that differ. Each problem names its file. Truncated data and trimap
-    values are only seen when the sample is decoded (:func:`load_pair`)."""
-    problems, sizes = [], {}
+    """Problems of one sample, each naming its file, found before training: the image from
+    its header alone (missing, empty, not an image, over the decompression-bomb limit, a size
+    other than its trimap's), the trimap fully decoded (~1 ms: also unreadable data, more
+    than one channel, values outside {1, 2, 3}, a palette that is not grey). Truncated image
+    data is only seen when the sample is decoded (:func:`load_pair`)."""
+    return scan_sample_and_mask(root, name)[0]
+
+
+def scan_sample_and_mask(root: Path, name: str) -> tuple[list[str], bool]:
+    """(:func:`scan_sample`'s problems, whether the trimap has no pet pixel at all)."""
+    problems, sizes, no_pet = [], {}, False
     for kind, path in (("image", image_path(root, name)), ("trimap", trimap_path(root, name))):
         if not path.is_file():
             problems.append(f"'{path}' (missing)")
@@ -127,10 +174,15 @@ def scan_sample(root: Path, name: str) -> list[str]:
                 continue
             if kind == "trimap" and bands != 1:
                 problems.append(f"'{path}' (trimap with {bands} channels, expected 1)")
+            elif kind == "trimap":
+                try:
+                    no_pet = not (load_trimap(path) != TRIMAP_BACKGROUND).any()
+                except DataError as err:
+                    problems.append(str(err))
     if len(sizes) == 2 and sizes["image"] != sizes["trimap"]:
         (w, h), (tw, th) = sizes["image"], sizes["trimap"]
         problems.append(f"'{image_path(root, name)}' ({w}x{h}, but its trimap is {tw}x{th})")
-    return problems
+    return problems, no_pet and not problems
 
 
 def load_pair(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segpets.data.oxford_pet import read_lines
+
 SPECIES = {"1": "cat", "2": "dog"}
 # overlay colours (RGB): correct pet, false positive (background called pet), missed pet
 TP_COLOUR, FP_COLOUR, FN_COLOUR = (40, 200, 60), (230, 30, 30), (40, 90, 255)
@@ -23,9 +25,9 @@ def species_and_breeds(root: Path, names: Iterable[str]) -> dict[str, tuple[str,
     listed: dict[str, str] = {}
     list_file = root / "annotations" / "list.txt"
     if list_file.is_file():
-        for line in list_file.read_text().splitlines():
+        for line in read_lines(list_file):  # byte-order marks, CRLF and # comments handled
             parts = line.split()
-            if len(parts) >= 3 and not parts[0].startswith("#"):
+            if len(parts) >= 3:
                 listed[parts[0]] = SPECIES.get(parts[2], "unknown")
     return {
         n: (listed.get(n) or ("cat" if n[:1].isupper() else "dog"), n.rsplit("_", 1)[0])
