@@ -15,6 +15,10 @@ CONFIG_DIR = REPO / "configs"
 MINI_DATA = Path(
     os.environ.get("SEGPETS_MINI_DATA", REPO.parent / "shared" / "data" / "oxford-pet-mini")
 )
+# the complete official split and list files of Oxford-IIIT Pet (no images)
+FULL_LISTS = Path(
+    os.environ.get("SEGPETS_FULL_LISTS", REPO.parent / "shared" / "data" / "oxford-pet-lists")
+)
 # small real inputs segpets once got wrong (../shared/cases/README.md)
 CASES = Path(os.environ.get("SEGPETS_CASES", REPO.parent / "shared" / "cases"))
 
