@@ -41,7 +41,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from segpets.build import build_module, instantiate_or_explain
-from segpets.errors import ConfigError, user_errors
+from segpets.cli import entry_point
+from segpets.errors import ConfigError
+from segpets.runlog import accept_run, task_run
 
 log = logging.getLogger(__name__)
 
@@ -406,9 +408,11 @@ def write_reports(rows: list[dict], meta: dict, out: Path) -> str:
     return table
 
 
+@entry_point("bench")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="bench")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with task_run(cfg):
+        accept_run()
         out = Path(HydraConfig.get().runtime.output_dir)
         rows, meta = run_bench(cfg)
         print(write_reports(rows, meta, out) + f"\n[written: {out}/bench.{{md,csv,json}}]")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segpets.errors import ConfigError, SegpetsError
 from segpets.module import SegmentationModule
+from segpets.trust import REBUILT_SECTIONS, trusted_config
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def build_loggers(cfg: DictConfig | None) -> list[Any]:
     return [instantiate_or_explain(c, f"logger.{k}") for k, c in (cfg or {}).items() if c]
 
 
-def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tensor]]:
-    """(training config, model state dict) of a segpets checkpoint, loaded with
-    ``weights_only=True`` so a crafted pickle cannot run code."""
+def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(absolute path, checkpoint dict) of a file loaded with ``weights_only=True``, so a
+    crafted pickle cannot run code; one-line ``ConfigError`` when missing or unreadable."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"ckpt_path: no such file '{path}'")
@@ -75,7 +76,25 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
     except Exception as err:  # corrupt/truncated file, or a pickle that needs arbitrary code
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ConfigError(f"ckpt_path: cannot load checkpoint '{path}': {first}") from None
-    config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
-    if not config or "model" not in config:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"ckpt_path: '{path}' is not a segpets training checkpoint")
-    return OmegaConf.create(config), ckpt["state_dict"]
+    return path, ckpt
+
+
+def stored_config(ckpt: dict[str, Any]) -> Any:
+    """The training config a segpets checkpoint carries (untrusted plain data)."""
+    hparams = ckpt.get("hyper_parameters")
+    return hparams.get("config") if isinstance(hparams, dict) else None
+
+
+def load_checkpoint(
+    path: str | Path, need: tuple[str, ...] = REBUILT_SECTIONS
+) -> tuple[DictConfig, dict[str, torch.Tensor]]:
+    """(trusted training config, model state dict) of a segpets checkpoint: loaded with
+    ``weights_only=True``, and the sections segpets rebuilds checked against its allowlist of
+    targets before anything is instantiated (``segpets.trust``)."""
+    path, ckpt = read_checkpoint(path)
+    config = stored_config(ckpt)
+    if not isinstance(config, dict) or "model" not in config:
+        raise ConfigError(f"ckpt_path: '{path}' is not a segpets training checkpoint")
+    return trusted_config(config, f"ckpt_path: '{path}'", need), ckpt["state_dict"]

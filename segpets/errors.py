@@ -5,8 +5,6 @@ Entry points turn them into one line on stderr and exit code 2 instead of a trac
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -14,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -31,20 +31,34 @@ class ConfigError(SegpetsError):
     """A config value that cannot work (unknown choice, non-positive size, wrong checkpoint)."""
 
 
+class JobRefused(CompactHydraException):
+    """A sweep job stopped by a user error (its ``segpets: error:`` line already printed).
+
+    An ``Exception``, unlike ``SystemExit``: Hydra marks the job failed and runs the sweep's
+    other jobs, then reports the failed ones (exit code 1), as it does for any failing job."""
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Report ``SegpetsError`` as ``segpets: error: ...`` and exit 2.
+def user_errors(on_error: Callable[[], Any] | None = None) -> Iterator[None]:
+    """Report ``SegpetsError`` as one line, ``segpets: error: ...``, then exit 2 (in a Hydra
+    sweep: raise :class:`JobRefused` so the other jobs still run). ``on_error`` runs first
+    (``segpets.runlog`` cleans up a refused run there).
 
     ``HYDRA_FULL_ERROR=1`` re-raises so developers still get the traceback.
     """
     try:
         yield
     except SegpetsError as err:
+        if on_error is not None:
+            on_error()
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         message = _original_message(str(err))
-        log.error("%s", message)
         print(f"segpets: error: {message}", file=sys.stderr, flush=True)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            num = HydraConfig.get().job.num
+            message = f"segpets: sweep job {num} stopped with a user error: {message}"
+            raise JobRefused(message) from None
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
 
@@ -82,14 +96,3 @@ def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
                     flush=True,
                 )
                 raise SystemExit(USER_ERROR_EXIT_CODE)
-
-
-def with_group_check(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
-    """Wrap a ``@hydra.main`` entry point so :func:`check_group_choices` runs first."""
-
-    @functools.wraps(hydra_main)
-    def main() -> Any:
-        check_group_choices(sys.argv[1:])
-        return hydra_main()
-
-    return main

@@ -21,7 +21,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.build import build_module, instantiate_or_explain, load_checkpoint
-from segpets.errors import ConfigError, user_errors
+from segpets.cli import entry_point
+from segpets.config_checks import check_resolvable
+from segpets.errors import ConfigError
 from segpets.evaluation.collector import EvalCollector
 from segpets.evaluation.ops import HFlipTTA, check_tta
 from segpets.evaluation.report import (
@@ -31,6 +33,7 @@ from segpets.evaluation.report import (
     species_and_breeds,
     write_csv,
 )
+from segpets.runlog import accept_run, task_run
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
     """Test (or validate, for ``split=val``) the checkpoint; writes ``metrics.json``, the CSVs
     and the worst-image overlays into ``output_dir`` (default: the Hydra run folder)."""
+    check_resolvable(cfg)
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
     saved, state_dict = load_checkpoint(ckpt_path)
     if cfg.split not in ("test", "val"):
@@ -51,6 +55,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     datamodule = instantiate_or_explain(OmegaConf.merge(saved.data, overrides), "data")
     module = build_module(saved, with_optimizer=False)
     module.load_state_dict(state_dict)
+    accept_run()  # every check that can refuse has passed: the run's record is written now
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -90,7 +95,7 @@ def _run(cfg, saved, module, datamodule, output_dir, logger, worst_k=None):
     opts = cfg.get("eval") or {}
     collector = EvalCollector(
         cfg.split,
-        datamodule.root,
+        datamodule.source,
         datamodule.mean,
         datamodule.std,
         boundary_tolerance=int(opts.get("boundary_tolerance", 2)),
@@ -142,9 +147,10 @@ def _write_breakdown(collector: EvalCollector, root: Path, out: Path, logger) ->
     logger.experiment.flush()
 
 
+@entry_point("eval")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with task_run(cfg):
         evaluate(cfg)
 
 

@@ -22,8 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segpets.build import build_module, load_checkpoint
-from segpets.errors import ConfigError, user_errors
+from segpets.cli import entry_point
+from segpets.config_checks import check_resolvable
+from segpets.errors import ConfigError
 from segpets.evaluation.inference import CONFIG_KEY, ONNX_INPUT, ONNX_OUTPUT, load_model
+from segpets.runlog import accept_run, task_run
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ def parity(net: nn.Module, output: Path, sizes=((1, 64, 64), (3, 96, 80))) -> fl
 
 
 def export(cfg: DictConfig) -> Path:
+    """Export ``cfg.ckpt_path``'s net to ``cfg.output`` (checked against PyTorch); its path."""
+    check_resolvable(cfg)
     fmt = cfg.format
     if fmt not in SUFFIXES:
         raise ConfigError(f"format must be 'onnx' or 'torchscript', got '{fmt}'")
@@ -93,6 +98,7 @@ def export(cfg: DictConfig) -> Path:
     module = build_module(config, with_optimizer=False)
     module.load_state_dict(state_dict)
     net = module.net.eval().float()
+    accept_run()  # every check that can refuse has passed: the run's record is written now
     output.parent.mkdir(parents=True, exist_ok=True)
     export_net(net, OmegaConf.to_container(config, resolve=True), fmt, output, int(cfg.opset))
     diff = parity(net, output)
@@ -100,9 +106,10 @@ def export(cfg: DictConfig) -> Path:
     return output
 
 
+@entry_point("export")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with task_run(cfg):
         export(cfg)
 
 

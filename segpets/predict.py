@@ -24,10 +24,13 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from segpets.cli import entry_point
+from segpets.config_checks import check_resolvable
 from segpets.data.oxford_pet import load_rgb
-from segpets.errors import ConfigError, DataError, user_errors
+from segpets.errors import ConfigError, DataError
 from segpets.evaluation.inference import Model, load_model
 from segpets.evaluation.ops import check_tta, resize_logits
+from segpets.runlog import accept_run, task_run
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ def check_overwrite(plan: dict[Path, dict], overwrite: bool) -> None:
 
 def predict(cfg: DictConfig) -> list[str]:
     """Writes the outputs; returns the inputs that could not be read (already reported)."""
+    check_resolvable(cfg)
     check_tta(cfg.tta, "tta")
     if not 0.0 < float(cfg.threshold) < 1.0:
         raise ConfigError(f"threshold must be strictly between 0 and 1, got {cfg.threshold}")
@@ -102,6 +106,7 @@ def predict(cfg: DictConfig) -> list[str]:
     plan = output_paths(files, output_dir, kinds)
     check_overwrite(plan, bool(cfg.overwrite))
     model = load_model(cfg.ckpt_path, device=cfg.device)
+    accept_run()  # every check that can refuse has passed: the log is written from now on
     cut = math.log(cfg.threshold / (1 - cfg.threshold))  # prob > t ⇔ logit > cut
     skipped: list[str] = []
     bar = tqdm(total=len(files), unit="img", disable=not cfg.progress_bar, file=sys.stderr)
@@ -141,12 +146,15 @@ def _predict_batch(model: Model, images: dict[Path, np.ndarray], plan, tta, cut)
             Image.fromarray(prob).save(targets["probabilities"])
 
 
+@entry_point("predict")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with task_run(cfg, record=False):  # the masks' folder gets predict.log, no .hydra/
         skipped = predict(cfg)
+        if skipped:
+            names = ", ".join(skipped)
+            print(f"segpets: {len(skipped)} input(s) skipped: {names}", file=sys.stderr)
     if skipped:
-        print(f"segpets: {len(skipped)} input(s) skipped: {', '.join(skipped)}", file=sys.stderr)
         raise SystemExit(SKIPPED_EXIT_CODE)
 
 

@@ -13,10 +13,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.build import build_callbacks, build_loggers, build_module, instantiate_or_explain
+from segpets.callbacks.best import BestMetric
 from segpets.callbacks.resume import exit_code_on_preemption
 from segpets.checkpoint_io import refuse_overwrite, resolve_ckpt_path
+from segpets.cli import entry_point
+from segpets.config_checks import check_launch, check_resolvable, check_values
 from segpets.distributed import check_eval_shards, without_cpu_sync_batchnorm
-from segpets.errors import ConfigError, user_errors, with_group_check
+from segpets.errors import ConfigError
+from segpets.runlog import accept_run, task_run
 
 log = logging.getLogger(__name__)
 
@@ -35,65 +39,85 @@ HPARAM_GROUPS = ("experiment", "model", "optimizer", "scheduler", "data", "train
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test the best checkpoint; returns all logged metrics plus ``best/<monitor>``."""
-    _check_positive(cfg)
+    """Fit, then test the best checkpoint (``train=false``: test ``ckpt_path``); returns all
+    logged metrics plus ``best/<checkpoint monitor>`` and ``best/<optimized_metric>``."""
+    check_launch()
+    check_resolvable(cfg)
+    check_values(cfg)
+    if not (cfg.get("train") or cfg.get("test")):
+        raise ConfigError("train=false test=false: nothing to do")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_or_explain(cfg.data, "data")
     module = build_module(cfg)
+    best = BestMetric(cfg.optimized_metric) if cfg.get("optimized_metric") else None
     trainer: L.Trainer = instantiate_or_explain(
         without_cpu_sync_batchnorm(cfg.trainer),
         "trainer",
-        callbacks=build_callbacks(cfg.get("callbacks")),
+        callbacks=[*build_callbacks(cfg.get("callbacks")), *([best] if best else [])],
         logger=build_loggers(cfg.get("logger")) or False,
     )
+    ckpt_path = _check_before_fit(cfg, module, datamodule, trainer)
+    accept_run()  # every check that can refuse has passed: the run's record is written now
     metrics: dict[str, float] = {}
     if cfg.get("train"):
-        ckpt_path = _check_before_fit(cfg, module, datamodule, trainer)
         with exit_code_on_preemption(trainer):  # SIGTERM/SIGINT: last.ckpt saved, exit 143/130
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
-        if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None:
-            best = trainer.checkpoint_callback.best_model_score
-            metrics[f"best/{trainer.checkpoint_callback.monitor}"] = float(best)
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint and checkpoint.best_model_score is not None:
+            metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+        if best and best.best is not None:
+            metrics[f"best/{best.monitor}"] = best.best
     if cfg.get("test"):
+        tested = _best_checkpoint(trainer) if cfg.get("train") else str(ckpt_path)
         with exit_code_on_preemption(trainer):
-            metrics.update(_test(trainer, module, datamodule))
+            metrics.update(_test(trainer, module, datamodule, tested))
     _log_hparams(cfg, trainer, metrics)
     return metrics
 
 
-def _check_positive(cfg: DictConfig) -> None:
-    """Sizes and lr that no library rejects clearly (lr=0 trains nothing; size 0 fails deep
-    inside albumentations' validation)."""
-    for key in ("optimizer.lr", "data.image_size", "data.batch_size"):
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, (int, float)) and not value > 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-
-
 def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -> Path | None:
-    """Fail in seconds, not after hours: the optimizer settings, the test split (scanned now,
-    not after training), the checkpoint to resume from, and existing checkpoints in the way."""
-    try:
-        module.configure_optimizers()  # a dry run: torch checks every optimizer argument
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"optimizer/scheduler: {err}") from None
-    if hasattr(datamodule, "dataset") and not datamodule.download:
-        splits = ["train", "val"] + (["test"] if cfg.get("test") else [])
+    """Fail in seconds, not after hours: the optimizer settings, every split used (scanned
+    now, not after training), the checkpoint to resume from (or, with ``train=false``, to
+    test), and existing checkpoints in the way. Returns that checkpoint."""
+    training = bool(cfg.get("train"))
+    if training:
+        try:
+            module.configure_optimizers()  # a dry run: torch checks every optimizer argument
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"optimizer/scheduler: {err}") from None
+    if hasattr(datamodule, "dataset") and not getattr(datamodule, "download", False):
+        splits = (["train", "val"] if training else []) + (["test"] if cfg.get("test") else [])
         for split in splits:  # every file of every split checked before the first step
             datamodule.dataset(split)
-        check_eval_shards(datamodule, splits[1:], trainer.world_size)
+        check_eval_shards(datamodule, [s for s in splits if s != "train"], trainer.world_size)
     ckpt_path = resolve_ckpt_path(cfg)
+    if not training:
+        if ckpt_path is None:
+            raise ConfigError(
+                "train=false: set ckpt_path=<checkpoint> (or resume=true: this task_name's "
+                "newest last.ckpt) to test; segpets.eval reports more"
+            )
+        return ckpt_path
     refuse_overwrite(getattr(trainer.checkpoint_callback, "dirpath", None), ckpt_path)
     return ckpt_path
 
 
-def _test(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule):
-    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+def _best_checkpoint(trainer: L.Trainer) -> str:
+    """The best checkpoint of this run (after a resume: the copy in this run's folder)."""
+    return trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+
+
+def _test(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt: str
+) -> dict[str, float]:
+    """Test ``ckpt`` (the weights in memory if empty); prints the test Dice and the checkpoint
+    and writes ``test_metrics.json``."""
     if not ckpt:
         log.warning("no best checkpoint was saved; testing the weights in memory")
-    results = _floats(trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None)[0])
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+    results = _floats(results[0])
     if trainer.is_global_zero:
         out = Path(trainer.default_root_dir) / "test_metrics.json"
         out.write_text(json.dumps({"ckpt_path": ckpt or None, "metrics": results}, indent=2))
@@ -130,17 +154,21 @@ def _floats(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-@with_group_check
+@entry_point("train")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``best/<optimized_metric>`` (the best value over the run)
-    so sweepers can optimise it."""
-    with user_errors():
+    """Hydra entry point; returns ``best/<optimized_metric>`` (the best value over the run, in
+    that metric's direction) so sweepers can optimise it."""
+    with task_run(cfg):
         metrics = train(cfg)
+    return optimized_value(cfg, metrics) if HydraConfig.initialized() else None
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """What a sweeper optimises: the best value of ``optimized_metric`` over the run, in its
+    own direction (``segpets.callbacks.best.BestMetric``), never the last epoch's."""
     key = cfg.get("optimized_metric")
-    if key and HydraConfig.initialized():
-        return metrics.get(f"best/{key}", metrics.get(key))
-    return None
+    return metrics.get(f"best/{key}") if key else None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Lightning's checkpoints restore weights, optimizer, scheduler, loop progress and callbacks.
 They do not carry the global RNG states (which shuffle the data and, through
-:func:`segpets.data.oxford_pet.torch_seeded`, pick every augmentation), and a resumed run
+:class:`segpets.data.dataset.TorchSeeded`, pick every augmentation), and a resumed run
 never replays the ``ReduceLROnPlateau`` step of the epoch whose checkpoint it starts from
 (Lightning skips it because the metric is not in the checkpoint). :class:`ExactResume` adds
 both. :class:`Preemption` turns SIGTERM/SIGINT into Lightning's graceful stop, saves
@@ -27,6 +27,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from segpets.callbacks.best import carry_best_checkpoints
+from segpets.cli import override_arg
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,14 @@ class ExactResume(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         set_rng_states(state_dict["rng"])
         self._pending = state_dict.get("plateau", [])
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Resuming into a new run folder: carry the best checkpoint(s) and score over
+        (Lightning's ``ModelCheckpoint`` would drop them), see :mod:`segpets.callbacks.best`."""
+        if trainer.ckpt_path:
+            carry_best_checkpoints(trainer, checkpoint, Path(trainer.ckpt_path))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Schedulers are restored by now: replay the plateau step the checkpoint missed."""
@@ -163,7 +174,8 @@ class Preemption(L.Callback):
 
 
 def resume_command(ckpt: Path) -> str:
-    """The command line of this run with ``ckpt_path=<ckpt>`` (``resume=`` dropped)."""
+    """The command line of this run with ``ckpt_path=<ckpt>`` (``resume=`` dropped), quoted
+    for the shell and, where the path needs it, for Hydra: it works as printed."""
     overrides: list[str] = []
     if HydraConfig.initialized():
         overrides = [
@@ -171,7 +183,7 @@ def resume_command(ckpt: Path) -> str:
             for o in HydraConfig.get().overrides.task
             if not o.lstrip("+~").startswith(("ckpt_path=", "resume="))
         ]
-    args = " ".join(shlex.quote(o) for o in [*overrides, f"ckpt_path={ckpt}"])
+    args = " ".join(shlex.quote(o) for o in [*overrides, override_arg("ckpt_path", ckpt)])
     return f"python -m segpets.train {args}"
 
 

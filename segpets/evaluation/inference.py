@@ -4,17 +4,19 @@ with the preprocessing stored in it (never re-typed by the user)."""
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from segpets.build import build_module, instantiate_or_explain, load_checkpoint
 from segpets.errors import ConfigError
 from segpets.evaluation.ops import hflip_average
+from segpets.trust import trusted_config
 
 CONFIG_KEY = "segpets_config"  # ONNX metadata key / TorchScript extra file holding the config
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
@@ -63,32 +65,56 @@ def _checkpoint(path: Path, device: str):
 
 
 def _onnx(path: Path):
+    import onnx
     import onnxruntime as ort
 
+    try:  # the metadata first (protobuf parsing only): nothing runs before its config is checked
+        meta = {
+            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+        }
+    except Exception as err:  # DecodeError and friends: not an ONNX file
+        raise ConfigError(f"ckpt_path: cannot load ONNX model '{path}': {err}") from None
+    config = exported_config(meta.get(CONFIG_KEY), path)
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ConfigError(f"ckpt_path: cannot load ONNX model '{path}': {err}") from None
-    meta = session.get_modelmeta().custom_metadata_map
-    if CONFIG_KEY not in meta:
-        raise ConfigError(f"ckpt_path: '{path}' was not written by segpets.export (no config)")
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         feed = {ONNX_INPUT: images.float().contiguous().numpy()}
         return torch.from_numpy(session.run([ONNX_OUTPUT], feed)[0])
 
-    return OmegaConf.create(json.loads(meta[CONFIG_KEY])), forward
+    return config, forward
 
 
 def _torchscript(path: Path, device: str):
-    extra = {f"{CONFIG_KEY}.json": ""}
+    config = exported_config(_torchscript_extra(path), path)  # checked before the net is loaded
     try:
-        net = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        net = torch.jit.load(str(path), map_location=device)
     except Exception as err:  # RuntimeError for anything that is not a TorchScript archive
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ConfigError(f"ckpt_path: cannot load TorchScript model '{path}': {first}") from None
-    if not extra[f"{CONFIG_KEY}.json"]:
-        raise ConfigError(f"ckpt_path: '{path}' was not written by segpets.export (no config)")
     net.eval()
-    config = OmegaConf.create(json.loads(extra[f"{CONFIG_KEY}.json"]))
     return config, lambda x: net(x.to(device)).float().cpu()
+
+
+def _torchscript_extra(path: Path) -> str | None:
+    """The config file a TorchScript archive (a zip) carries, read without loading the net."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{CONFIG_KEY}.json")]
+            return archive.read(names[0]).decode() if names else None
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"ckpt_path: cannot load TorchScript model '{path}': {err}") from None
+
+
+def exported_config(text: str | None, path: Path) -> DictConfig:
+    """The training config an export carries, parsed as JSON and checked like a checkpoint's
+    (``segpets.trust``): an export is data, its targets are never instantiated blindly."""
+    if not text:
+        raise ConfigError(f"ckpt_path: '{path}' was not written by segpets.export (no config)")
+    try:
+        stored = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"ckpt_path: '{path}' holds an unreadable config ({err})") from None
+    return trusted_config(stored, f"ckpt_path: '{path}'")

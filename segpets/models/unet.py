@@ -14,8 +14,11 @@ class UNet(nn.Module):
     """Five DoubleConv levels (width → 16·width), max-pool down, transposed-conv up, 1×1 head.
 
     ``width=64`` is the seed architecture (31,031,745 parameters); small widths (8, 16) are for
-    tests and CPU runs. Any input H×W works: decoder features are padded to their skips.
+    tests and CPU runs. Any input H×W of at least ``min_input_size`` works: decoder features
+    are padded to their skips.
     """
+
+    min_input_size = 2**4  # four 2×2 max-pools: the bottom level of a 16-px input is 1 px
 
     def __init__(
         self,
