@@ -29,6 +29,8 @@ from torchmetrics.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
+from segpets.data.files import IGNORE_INDEX
+
 
 class PerImageDice(BinaryF1Score):
     """Mean over images of each image's Dice (= F1 of its pixels); empty/empty counts as 1."""
@@ -65,25 +67,28 @@ def binarize(logits: torch.Tensor) -> torch.Tensor:
 
 def segmentation_metrics(prefix: str) -> MetricCollection:
     """The metric set logged as ``{prefix}dice``, ``{prefix}dice_dataset``, …; update it with
-    ``(binarize(logits), target.long())``, both (N, 1, H, W)."""
+    ``(binarize(logits), target.long())``, both (N, 1, H, W). Target pixels equal to
+    ``IGNORE_INDEX`` (255) count in no metric (torchmetrics' ``ignore_index``)."""
+    ignore = {"ignore_index": IGNORE_INDEX}
     return MetricCollection(
         {
-            "dice": PerImageDice(),
-            "iou": PerImageIoU(),
-            "dice_dataset": BinaryF1Score(multidim_average="global", zero_division=1.0),
-            "iou_dataset": BinaryJaccardIndex(zero_division=1.0),
-            "pixel_accuracy": BinaryAccuracy(multidim_average="global"),
+            "dice": PerImageDice(**ignore),
+            "iou": PerImageIoU(**ignore),
+            "dice_dataset": BinaryF1Score(multidim_average="global", zero_division=1.0, **ignore),
+            "iou_dataset": BinaryJaccardIndex(zero_division=1.0, **ignore),
+            "pixel_accuracy": BinaryAccuracy(multidim_average="global", **ignore),
         },
         prefix=prefix,
     )
 
 
 def boundary(mask: torch.Tensor) -> torch.Tensor:
-    """Contour of a binary (N, 1, H, W) mask: foreground pixels with a background pixel among
-    their 8 neighbours. The image frame is not a contour (a pet cut by the border has no
+    """Contour of a binary (N, 1, H, W) mask: foreground (1) pixels with a background pixel
+    among their 8 neighbours. The image frame is not a contour (a pet cut by the border has no
     boundary there): max-pooling pads with -inf, so pixels outside the image never count."""
-    background = 1.0 - mask.float()
-    return (mask.bool() & (F.max_pool2d(background, 3, stride=1, padding=1) > 0)).float()
+    foreground = mask == 1
+    background = 1.0 - foreground.float()
+    return (foreground & (F.max_pool2d(background, 3, stride=1, padding=1) > 0)).float()
 
 
 def boundary_f1(preds: torch.Tensor, target: torch.Tensor, tolerance: int) -> torch.Tensor:
@@ -92,12 +97,15 @@ def boundary_f1(preds: torch.Tensor, target: torch.Tensor, tolerance: int) -> to
     Precision: fraction of predicted contour pixels within ``tolerance`` pixels (Chebyshev
     distance) of a true contour pixel; recall: the converse; BF = 2PR / (P + R). Both contours
     empty scores 1, exactly one empty scores 0. Unlike Dice it is not dominated by the
-    interior, so it shows blurry or shifted outlines.
+    interior, so it shows blurry or shifted outlines. Ignored target pixels (``IGNORE_INDEX``)
+    are not pet: a predicted contour pixel on one is not counted (it is no false contour), but
+    may still be the one near a true contour pixel.
     """
-    pred_b, true_b = boundary(preds), boundary(target)
+    pred_all, true_b = boundary(preds), boundary(target)
+    pred_b = pred_all * (target != IGNORE_INDEX)
     size = 2 * tolerance + 1
     near_true = F.max_pool2d(true_b, size, stride=1, padding=tolerance)
-    near_pred = F.max_pool2d(pred_b, size, stride=1, padding=tolerance)
+    near_pred = F.max_pool2d(pred_all, size, stride=1, padding=tolerance)
     n_pred, n_true = pred_b.sum((1, 2, 3)), true_b.sum((1, 2, 3))
     precision = (pred_b * near_true).sum((1, 2, 3)) / n_pred.clamp(min=1)
     recall = (true_b * near_pred).sum((1, 2, 3)) / n_true.clamp(min=1)

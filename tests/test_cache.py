@@ -17,7 +17,7 @@ from PIL import Image
 
 from segpets.data import PetDataModule, cache, synthetic
 from segpets.data.cache import load_or_build
-from segpets.data.oxford_pet import image_path, load_pair, load_rgb, trimap_path
+from segpets.data.oxford_pet import OxfordPetSource, image_path, load_pair, load_rgb, trimap_path
 from segpets.errors import ConfigError
 from tests.conftest import compose_train
 
@@ -42,24 +42,24 @@ def test_miss_then_hit_then_rebuild_when_a_file_changes(small_root: Path, tmp_pa
     shutil.copytree(small_root, root)
     dm = datamodule(root, tmp_path, cache=True)
     names = dm.split_names("train")
-    entry, hit = load_or_build(tmp_path / "cache", root, "train", names, 48)
+    entry, hit = load_or_build(tmp_path / "cache", OxfordPetSource(root), "train", names, 48)
     assert not hit and entry.is_relative_to(tmp_path / "cache")
     images = np.load(entry / "images.npy")
     assert images.shape == (len(names), 48, 48, 3) and images.dtype == np.uint8
     built = (entry / "images.npy").stat().st_mtime_ns
 
-    entry2, hit = load_or_build(tmp_path / "cache", root, "train", names, 48)
+    entry2, hit = load_or_build(tmp_path / "cache", OxfordPetSource(root), "train", names, 48)
     assert hit and entry2 == entry and (entry / "images.npy").stat().st_mtime_ns == built
 
     # another size or split is another entry
-    assert not load_or_build(tmp_path / "cache", root, "train", names, 32)[1]
+    assert not load_or_build(tmp_path / "cache", OxfordPetSource(root), "train", names, 32)[1]
 
     # change one trimap to all-background: the entry is rebuilt and shows the new mask
     path = trimap_path(root, names[0])
     size = Image.open(path).size
     Image.fromarray(np.full(size[::-1], 2, np.uint8)).save(path)
     os.utime(path, ns=(built + 10**9, built + 10**9))  # a new mtime even on coarse clocks
-    entry3, hit = load_or_build(tmp_path / "cache", root, "train", names, 48)
+    entry3, hit = load_or_build(tmp_path / "cache", OxfordPetSource(root), "train", names, 48)
     assert not hit and entry3 == entry
     masks = np.load(entry / "masks.npy")
     assert masks[0].max() == 0 and masks[1].max() == 1
@@ -71,10 +71,10 @@ def test_entries_of_another_cache_format_are_rebuilt(
 ) -> None:
     """Same files, different pixels (e.g. the resize method changed): not a hit."""
     names = datamodule(small_root, tmp_path, cache=True).split_names("val")
-    assert not load_or_build(tmp_path / "cache", small_root, "val", names, 48)[1]
-    assert load_or_build(tmp_path / "cache", small_root, "val", names, 48)[1]
+    assert not load_or_build(tmp_path / "cache", OxfordPetSource(small_root), "val", names, 48)[1]
+    assert load_or_build(tmp_path / "cache", OxfordPetSource(small_root), "val", names, 48)[1]
     monkeypatch.setattr(cache, "FORMAT", cache.FORMAT + "-next")
-    assert not load_or_build(tmp_path / "cache", small_root, "val", names, 48)[1]
+    assert not load_or_build(tmp_path / "cache", OxfordPetSource(small_root), "val", names, 48)[1]
 
 
 def test_cached_eval_samples_equal_uncached(small_root: Path, tmp_path: Path) -> None:
@@ -131,7 +131,9 @@ def test_cached_loader_with_a_worker(small_root: Path, tmp_path: Path) -> None:
 
 def test_cache_dir_inside_dataset_root_is_refused(small_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cache_dir"):
-        load_or_build(small_root / "cache", small_root, "val", ["Synthcat_trainval0"], 48)
+        load_or_build(
+            small_root / "cache", OxfordPetSource(small_root), "val", ["Synthcat_trainval0"], 48
+        )
 
 
 def test_real_mini_set_cache_lives_outside_the_read_only_root(

@@ -36,6 +36,8 @@ def test_every_group_has_options() -> None:
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
     overrides = [f"{group}={option}"]
+    if (group, option) == ("data", "folder"):  # its two folders are mandatory (???)
+        overrides += [f"data.images={tmp_path}", f"data.masks={tmp_path}"]
     model = compose_train(overrides, tmp_path).model
     if group != "model" and "width" in model:  # experiments may pick a model without a width
         overrides.append("model.width=4")

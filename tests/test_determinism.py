@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segpets.data.oxford_pet import TorchSeeded
+from segpets.data.dataset import TorchSeeded
 from segpets.train import train
 from tests.conftest import compose_train
 

@@ -18,12 +18,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segpets.data.oxford_pet import (
-    PetSegmentationDataset,
-    image_path,
-    scan_sample,
-    trimap_path,
-)
+from segpets.data.dataset import SegmentationDataset
+from segpets.data.oxford_pet import OxfordPetSource, image_path, scan_sample, trimap_path
 from segpets.errors import DataError
 from tests.conftest import compose_train
 
@@ -107,7 +103,7 @@ def test_mutated_files_load_or_raise_data_error(mini_root: Path, tmp_path: Path)
         try:
             problems = scan_sample(root, name)
             assert isinstance(problems, list)
-            sample = PetSegmentationDataset(root, [name], transform)[0]
+            sample = SegmentationDataset(OxfordPetSource(root), [name], transform)[0]
             assert sample["image"].shape == (3, 64, 64) and sample["mask"].shape == (1, 64, 64)
             assert torch.isfinite(sample["image"]).all()
             assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}

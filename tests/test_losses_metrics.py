@@ -83,3 +83,69 @@ def test_bce_dice_weights() -> None:
     dice = 1 - (2 * 0.5 + 1) / (2.0 + 1.0 + 1)
     loss = BCEDiceLoss(bce_weight=0.3, dice_weight=2.0)(logits, target)
     assert loss.item() == pytest.approx(0.3 * bce + 2.0 * dice, abs=1e-6)
+
+
+# --- ignored pixels (mask value 255): in neither the loss nor any metric -------------------
+IGN = 255
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_loss_leaves_ignored_pixels_out_by_hand() -> None:
+    """One 2×2 image, target [[1, 0], [255, 1]]: BCE is the mean over the 3 valid pixels and
+    soft Dice sums over them only; the ignored pixel's logit changes nothing."""
+    target = torch.tensor([[[[1.0, 0.0], [IGN, 1.0]]]])
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, 3.0]]]])
+    bce = (math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log1p(math.exp(-3))) / 3
+    p = [sigmoid(2), sigmoid(-1), sigmoid(3)]
+    dice = 1 - (2 * (p[0] + p[2]) + 1) / (sum(p) + 2 + 1)
+    loss = BCEDiceLoss()
+    assert loss(logits, target).item() == pytest.approx(bce + dice, rel=1e-6)
+    for value in (-30.0, 0.0, 30.0):
+        moved = logits.clone()
+        moved[0, 0, 1, 0] = value
+        assert loss(moved, target).item() == pytest.approx(bce + dice, rel=1e-6)
+    no_ignore = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # 255 → 0 would change it
+    assert loss(logits, no_ignore).item() != pytest.approx(bce + dice, rel=1e-3)
+
+
+def test_metrics_leave_ignored_pixels_out_by_hand() -> None:
+    """Target [[1, 1], [255, 0]] vs prediction [[1, 0], [p, 1]]: TP 1, FN 1, FP 1 on the 3 valid
+    pixels → Dice 0.5, IoU 1/3, pixel accuracy 1/3, whatever p is."""
+    target = torch.tensor([[[[1, 1], [IGN, 0]]]])
+    for p in (0, 1):
+        metrics = segmentation_metrics("t/")
+        metrics.update(torch.tensor([[[[1, 0], [p, 1]]]]), target)
+        got = {k: v.item() for k, v in metrics.compute().items()}
+        assert got["t/dice"] == pytest.approx(0.5) and got["t/dice_dataset"] == pytest.approx(0.5)
+        assert got["t/iou"] == pytest.approx(1 / 3) and got["t/iou_dataset"] == pytest.approx(1 / 3)
+        assert got["t/pixel_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_border_ignore_leaves_trimap_borders_out_of_dice(mini_root, tmp_path) -> None:
+    """data.border=ignore on the mini set: a prediction that is right on pet and background
+    pixels scores Dice 1 whatever it says on the border; with border=pet it does not."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train
+
+    def val_masks(border: str) -> torch.Tensor:
+        cfg = compose_train([f"data.root={mini_root}", f"data.border={border}"], tmp_path)
+        dataset = instantiate(cfg.data).dataset("val")
+        return torch.stack([dataset[i]["mask"] for i in range(4)]).long()  # (4, 1, 256, 256)
+
+    ignored = val_masks("ignore")
+    assert (ignored == IGN).any() and set(ignored.unique().tolist()) == {0, 1, IGN}
+    pet = (ignored == 1).long()
+    for border_says in (0, 1):  # the border called background, then pet
+        pred = torch.where(ignored == IGN, border_says, pet)
+        metrics = segmentation_metrics("v/")
+        metrics.update(pred, ignored)
+        assert metrics.compute()["v/dice"].item() == pytest.approx(1.0)
+    seed_targets = val_masks("pet")  # border → pet (the seed)
+    assert torch.equal(seed_targets == 1, (ignored == 1) | (ignored == IGN))
+    metrics = segmentation_metrics("v/")
+    metrics.update(pet, seed_targets)
+    assert metrics.compute()["v/dice"].item() < 0.99

@@ -52,7 +52,7 @@ class ValidationImages(L.Callback):
         if not samples:
             return
         images = torch.stack([s["image"] for s in samples])  # (N, 3, H, W), normalised
-        masks = torch.stack([s["mask"] for s in samples])  # (N, 1, H, W)
+        masks = torch.stack([s["mask"] for s in samples]) == 1  # (N, 1, H, W) pet; 255 ignored
         with torch.no_grad():
             dtype = next(pl_module.parameters()).dtype  # fp32, or bf16/fp16 for *-true
             preds = binarize(pl_module(images.to(pl_module.device, dtype))).cpu()

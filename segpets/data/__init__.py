@@ -1,12 +1,20 @@
-"""Data: official-layout parsing and loading, the synthetic quickstart set, DataModules."""
+"""Data: reading files, the Oxford-IIIT Pet layout, your own image/mask folders, the
+synthetic quickstart set, and the DataModule machinery they share."""
 
-from segpets.data.datamodule import PetDataModule, SyntheticPetDataModule
-from segpets.data.oxford_pet import PetSegmentationDataset, load_mask, load_rgb, read_split
+from segpets.data.datamodule import SegmentationDataModule
+from segpets.data.dataset import SegmentationDataset
+from segpets.data.files import IGNORE_INDEX, load_rgb, read_split
+from segpets.data.folder import FolderDataModule
+from segpets.data.oxford_pet import PetDataModule, load_mask
+from segpets.data.synthetic import SyntheticPetDataModule
 
 __all__ = [
+    "IGNORE_INDEX",
+    "FolderDataModule",
     "PetDataModule",
+    "SegmentationDataModule",
+    "SegmentationDataset",
     "SyntheticPetDataModule",
-    "PetSegmentationDataset",
     "load_mask",
     "load_rgb",
     "read_split",

@@ -2,12 +2,13 @@
 size, stored as uint8 ``.npy`` arrays that are memory-mapped by every epoch, worker and run.
 
 Decoding a JPEG (plus the RGB conversion and the resize) costs far more than the per-sample
-augmentations at 96–256 px, so it is done once per (dataset root, split, size, resampling).
+augmentations at 96–256 px, so it is done once per (dataset, split, size, resampling).
 Each split is shrunk the way its own pipeline's first step (``Resize`` or
 ``RandomResizedCrop``) shrinks, so cached eval samples equal uncached ones. An entry lives
-in ``<cache_dir>/<root name>-<root hash>/<split>-<size>px-<resampling>/`` — never under the
-dataset root, which may be read-only — and records a fingerprint of its source files (names,
-sizes and modification times); when any of them changes, the entry is rebuilt on next use.
+in ``<cache_dir>/<dataset name>-<hash of its folders and label mapping>/<split>-<size>px-
+<resampling>/`` — never under the dataset, which may be read-only — and records a fingerprint
+of its source files (names, sizes and modification times); when any of them changes, the
+entry is rebuilt on next use.
 """
 
 from __future__ import annotations
@@ -25,15 +26,8 @@ from pathlib import Path
 import albumentations as A
 import cv2
 import numpy as np
-import torch
 
-from segpets.data.oxford_pet import (
-    PetSegmentationDataset,
-    Transform,
-    image_path,
-    load_pair,
-    trimap_path,
-)
+from segpets.data.dataset import SampleSource, SegmentationDataset, Transform
 from segpets.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -96,34 +90,40 @@ def _name(flag: int) -> str:
     return INTERPOLATION_NAMES.get(flag, f"cv2-{flag}")
 
 
-def fingerprint(root: Path, names: Sequence[str]) -> str:
+def fingerprint(source: SampleSource, names: Sequence[str]) -> str:
     """Hash of the cache format, the names (in order) and each source file's size and mtime."""
     digest = hashlib.sha256(FORMAT.encode())
     for name in names:
-        for path in (image_path(root, name), trimap_path(root, name)):
+        for path in source.files(name):
             stat = path.stat()
             digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
 def entry_dir(
-    cache_dir: Path, root: Path, split: str, size: int, resampling: Resampling = Resampling()
+    cache_dir: Path,
+    source: SampleSource,
+    split: str,
+    size: int,
+    resampling: Resampling = Resampling(),
 ) -> Path:
-    """``<cache_dir>/<root name>-<hash of the absolute root>/<split>-<size>px-<resampling>``."""
-    root_hash = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    return cache_dir / f"{root.name}-{root_hash}" / f"{split}-{size}px-{resampling.tag}"
+    """``<cache_dir>/<name>-<hash of source.cache_key>/<split>-<size>px-<resampling>``."""
+    key_hash = hashlib.sha256(source.cache_key.encode()).hexdigest()[:12]
+    return cache_dir / f"{source.name}-{key_hash}" / f"{split}-{size}px-{resampling.tag}"
 
 
-def _decode_resized(root: Path, name: str, resize: A.Resize) -> tuple[np.ndarray, np.ndarray]:
+def _decode_resized(
+    source: SampleSource, name: str, resize: A.Resize
+) -> tuple[np.ndarray, np.ndarray]:
     """(S, S, 3) and (S, S) uint8, resized as the split's pipeline resizes image and mask."""
-    image, mask = load_pair(root, name)
+    image, mask = source.load_pair(name)
     out = resize(image=image, mask=mask)
     return out["image"], out["mask"]
 
 
 def _build(
     entry: Path,
-    root: Path,
+    source: SampleSource,
     names: Sequence[str],
     resize: A.Resize,
     stamp: str,
@@ -138,11 +138,11 @@ def _build(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        bad = _write_arrays(tmp, root, names, resize, skip_bad)
+        bad = _write_arrays(tmp, source, names, resize, skip_bad)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    meta = {"root": str(root), "size": size, "names": list(names), "fingerprint": stamp}
+    meta = {"source": source.cache_key, "size": size, "names": list(names), "fingerprint": stamp}
     (tmp / META).write_text(json.dumps({**meta, "bad": bad}))
     old = entry.with_name(f"{entry.name}.old-{os.getpid()}")
     if entry.exists():
@@ -155,7 +155,7 @@ def _build(
 
 
 def _write_arrays(
-    folder: Path, root: Path, names: Sequence[str], resize: A.Resize, skip_bad: bool
+    folder: Path, source: SampleSource, names: Sequence[str], resize: A.Resize, skip_bad: bool
 ) -> dict[str, str]:
     """``images.npy`` (N, S, S, 3) and ``masks.npy`` (N, S, S) uint8 in ``folder``; returns the
     samples skipped (name → error message), whose rows stay zero."""
@@ -166,7 +166,7 @@ def _write_arrays(
 
     def decode(name: str) -> tuple[np.ndarray, np.ndarray] | str:
         try:
-            return _decode_resized(root, name, resize)
+            return _decode_resized(source, name, resize)
         except DataError as err:
             if not skip_bad:
                 raise
@@ -190,7 +190,7 @@ def bad_samples(entry: Path) -> dict[str, str]:
 
 def load_or_build(
     cache_dir: str | Path,
-    root: Path,
+    source: SampleSource,
     split: str,
     names: Sequence[str],
     size: int,
@@ -201,33 +201,36 @@ def load_or_build(
     otherwise (re)build it, resizing with ``resampling``; with ``skip_bad`` samples that fail
     to decode are recorded (:func:`bad_samples`) instead of raising."""
     cache_dir = Path(cache_dir).expanduser().resolve()
-    if cache_dir.is_relative_to(root):
-        raise ConfigError(
-            f"data.cache_dir '{cache_dir}' is inside the dataset root '{root}'; the cache must "
-            f"live elsewhere (the dataset may be read-only)"
-        )
-    entry = entry_dir(cache_dir, root, split, size, resampling)
-    stamp = fingerprint(root, names)
+    for root in source.roots:
+        if cache_dir.is_relative_to(root):
+            raise ConfigError(
+                f"data.cache_dir '{cache_dir}' is inside the dataset folder '{root}'; the cache "
+                f"must live elsewhere (the dataset may be read-only)"
+            )
+    entry = entry_dir(cache_dir, source, split, size, resampling)
+    stamp = fingerprint(source, names)
     try:
         hit = json.loads((entry / META).read_text()).get("fingerprint") == stamp
     except (OSError, ValueError):
         hit = False
     if not hit:
-        log.info("building the %s %dpx cache of '%s' in %s", split, size, root, entry)
-        _build(entry, root, names, resampling.resize(size), stamp, skip_bad)
+        log.info("building the %s %dpx cache of '%s' in %s", split, size, source.name, entry)
+        _build(entry, source, names, resampling.resize(size), stamp, skip_bad)
     return entry, hit
 
 
-class CachedPetDataset(PetSegmentationDataset):
-    """:class:`PetSegmentationDataset` reading decoded, resized uint8 arrays from a cache entry
-    instead of the JPEG/PNG files; the (random) ``transform`` still runs on every sample.
+class CachedDataset(SegmentationDataset):
+    """:class:`SegmentationDataset` reading decoded, resized uint8 arrays from a cache entry
+    instead of the image/mask files; the (random) ``transform`` still runs on every sample.
 
     The arrays are memory-mapped lazily in each process (workers included), so nothing large
     is pickled into worker processes and every process shares the OS page cache.
     """
 
-    def __init__(self, root: Path, names: Sequence[str], transform: Transform, entry: Path):
-        super().__init__(root, names, transform)
+    def __init__(
+        self, source: SampleSource, names: Sequence[str], transform: Transform, entry: Path
+    ) -> None:
+        super().__init__(source, names, transform)
         self.entry = entry
         built = json.loads((entry / META).read_text())["names"]
         row = {name: i for i, name in enumerate(built)}
@@ -245,13 +248,8 @@ class CachedPetDataset(PetSegmentationDataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None}
 
-    def __getitem__(self, index: int) -> dict:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         images, masks = self.arrays()
         # copies: augmentations may write in place, and the maps are read-only
         row = self.rows[index]
-        out = self.transform(image=np.array(images[row]), mask=np.array(masks[row]))
-        return {
-            "image": out["image"],
-            "mask": torch.as_tensor(out["mask"]).unsqueeze(0).float(),
-            "name": self.names[index],
-        }
+        return np.array(images[row]), np.array(masks[row])

@@ -1,51 +1,51 @@
-"""LightningDataModules over the official Oxford-IIIT Pet layout (real or synthetic)."""
+"""The LightningDataModule machinery every dataset shares: pipelines, the decode-once cache,
+the pre-scan, the bad-sample policy and the loaders. A dataset supplies its
+:class:`~segpets.data.dataset.SampleSource` (where files are, how masks decode) and its
+splits: :class:`segpets.data.PetDataModule` (Oxford-IIIT Pet) and
+:class:`segpets.data.FolderDataModule` (your own image/mask folders)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from segpets.data import synthetic
-from segpets.data.cache import CachedPetDataset, Resampling, bad_samples, load_or_build
-from segpets.data.oxford_pet import (
-    PetSegmentationDataset,
+from segpets.data.cache import CachedDataset, Resampling, bad_samples, load_or_build
+from segpets.data.dataset import (
+    SampleSource,
+    SegmentationDataset,
     TorchSeeded,
     Transform,
     collate_skipping_bad,
-    read_split,
-    scan_sample_and_mask,
-    split_every_nth,
 )
 from segpets.data.transforms import warn_misaligned_mask_resizes
 from segpets.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 BAD_SAMPLE_POLICIES = ("fail", "skip")
+SPLITS = ("train", "val", "test")
 
-TORCHVISION_FOLDER = "oxford-iiit-pet"  # torchvision's OxfordIIITPet writes <root>/oxford-iiit-pet
 
-
-class PetDataModule(L.LightningDataModule):
-    """Train/val from ``annotations/trainval.txt`` (every ``val_every``-th line is validation),
-    test from ``annotations/test.txt``; images and masks go through the albumentations
-    pipelines given (built from ``configs/data/*.yaml``).
+class SegmentationDataModule(L.LightningDataModule):
+    """Train/val/test :class:`SegmentationDataset` s of ``source`` through the albumentations
+    pipelines given (built from ``configs/data/*.yaml``); subclasses set ``self.source`` and
+    implement :meth:`splits`.
 
     ``image_size``, ``mean`` and ``std`` are what the pipelines were built with; they are kept
     here so checkpoints and reports can say how inputs were prepared.
     """
 
+    source: SampleSource
+    root: Path  # where the data is, for reports and messages
+
     def __init__(
         self,
-        root: str | Path,
         train_transform: Transform,
         eval_transform: Transform,
         image_size: int = 256,
@@ -55,12 +55,9 @@ class PetDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        val_every: int = 10,
-        download: bool = False,
         cache: bool = False,
         cache_dir: str | Path | None = None,
         bad_samples: str = "fail",
-        allow_test_overlap: bool = False,
     ) -> None:
         super().__init__()
         if bad_samples not in BAD_SAMPLE_POLICIES:
@@ -69,89 +66,47 @@ class PetDataModule(L.LightningDataModule):
         for key, value in (("image_size", image_size), ("batch_size", batch_size)):
             if int(value) < 1:
                 raise ConfigError(f"data.{key} must be a positive integer, got {value}")
-        self.root = Path(root).expanduser().resolve()
         self.train_transform, self.eval_transform = train_transform, eval_transform
         warn_misaligned_mask_resizes(train_transform, "data.train_transform")
         warn_misaligned_mask_resizes(eval_transform, "data.eval_transform")
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
-        self.val_every, self.download = val_every, download
         if cache and not cache_dir:
-            raise ConfigError("data.cache=true needs data.cache_dir (a folder outside data.root)")
+            raise ConfigError("data.cache=true needs data.cache_dir (a folder outside the data)")
         self.cache, self.cache_dir = cache, cache_dir
-        self.allow_test_overlap = allow_test_overlap
-        self.datasets: dict[str, PetSegmentationDataset] = {}
-        self._splits: dict[str, list[str]] | None = None
+        self.datasets: dict[str, SegmentationDataset] = {}
 
-    # --- data on disk -------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        if self.download and not self._layout_ok():
-            self._download()
-        self._check_layout()
+    # --- what a dataset supplies --------------------------------------------------------
+    def splits(self) -> dict[str, list[str]]:
+        """{train, val, test}: sample names of each split, in a fixed order."""
+        raise NotImplementedError
 
-    def _layout_ok(self) -> bool:
-        ann = self.root / "annotations"
-        return (self.root / "images").is_dir() and (ann / "trainval.txt").is_file()
+    def check_layout(self) -> None:
+        """Raise ``DataError`` saying where the data was looked for, if it is not there."""
 
-    def _check_layout(self) -> None:
-        if not self._layout_ok():
-            raise DataError(
-                f"Oxford-IIIT Pet not found at '{self.root}' (expected images/ and "
-                f"annotations/trainval.txt there); set data.root=/path/to/oxford-iiit-pet, "
-                f"or data.download=true to fetch it with torchvision"
-            )
+    def empty_split_message(self, split: str) -> str:
+        return f"the {split} split is empty"
 
-    def _download(self) -> None:
-        from torchvision.datasets import OxfordIIITPet
+    def sample_labels(self, names: list[str]) -> dict[str, dict[str, str]]:
+        """name → {column: value} for the eval report's per-group tables (e.g. species and
+        breed); none by default."""
+        return {name: {} for name in names}
 
-        if self.root.name != TORCHVISION_FOLDER:
-            raise ConfigError(
-                f"data.download=true writes to <dir>/{TORCHVISION_FOLDER} (torchvision's layout); "
-                f"set data.root to a path ending in '{TORCHVISION_FOLDER}', got '{self.root}'"
-            )
-        try:
-            OxfordIIITPet(self.root.parent, target_types="segmentation", download=True)
-        except OSError as err:  # URLError/HTTPError when offline
-            raise DataError(
-                f"downloading Oxford-IIIT Pet to '{self.root}' failed ({err}); download it "
-                f"elsewhere and set data.root=/path/to/oxford-iiit-pet"
-            ) from err
-
-    # --- datasets -----------------------------------------------------------------------
     def split_names(self, split: str) -> list[str]:
-        """Names in ``split`` ∈ {train, val, test}, in split-file order (see :meth:`splits`)."""
-        if split not in ("train", "val", "test"):
+        """Names in ``split`` ∈ {train, val, test}, in order (see :meth:`splits`)."""
+        if split not in SPLITS:
             raise ConfigError(f"split must be one of train, val, test; got '{split}'")
-        if split == "test" and not (self.root / "annotations" / "test.txt").is_file():
-            read_split(self.root / "annotations" / "test.txt")  # "split file not found: ..."
         return self.splits()[split]
 
-    def splits(self) -> dict[str, list[str]]:
-        """{train, val, test} names, read once: every ``val_every``-th trainval line is
-        validation (no test.txt: no test names). A train or validation image that is also a
-        test image makes the test metrics partly training metrics: ``DataError`` naming them, unless
-        ``data.allow_test_overlap=true``."""
-        if self._splits is None:
-            ann = self.root / "annotations"
-            trainval = read_split(ann / "trainval.txt")
-            test = read_split(ann / "test.txt") if (ann / "test.txt").is_file() else []
-            train, val = split_every_nth(trainval, self.val_every)
-            overlap = sorted(set(trainval) & set(test))
-            if overlap and not self.allow_test_overlap:
-                shown = ", ".join(overlap[:10]) + (" ..." if len(overlap) > 10 else "")
-                raise DataError(
-                    f"{len(overlap)} name(s) of '{ann / 'trainval.txt'}' are also in "
-                    f"'{ann / 'test.txt'}' ({shown}): test metrics on training images are "
-                    f"not test metrics; fix the split files, or set data.allow_test_overlap=true"
-                )
-            self._splits = {"train": train, "val": val, "test": test}
-        return self._splits
-
-    def dataset(self, split: str) -> PetSegmentationDataset:
+    # --- datasets -----------------------------------------------------------------------
+    def dataset(self, split: str) -> SegmentationDataset:
         if split not in self.datasets:
-            self._check_layout()
-            names = self._check_files(split, self._non_empty(split))
+            self.check_layout()
+            names = self.split_names(split)
+            if not names:
+                raise DataError(self.empty_split_message(split))
+            names = self._check_files(split, names)
             # augmentations drawn from torch's RNG: reproducible by seed=, distinct per worker
             transform = (
                 TorchSeeded(self.train_transform) if split == "train" else self.eval_transform
@@ -160,17 +115,18 @@ class PetDataModule(L.LightningDataModule):
                 self.datasets[split] = self._cached(split, names, transform)
             else:
                 skip = self.bad_samples == "skip"
-                self.datasets[split] = PetSegmentationDataset(self.root, names, transform, skip)
+                self.datasets[split] = SegmentationDataset(self.source, names, transform, skip)
         return self.datasets[split]
 
-    def _cached(self, split: str, names: list[str], transform: Transform) -> CachedPetDataset:
+    def _cached(self, split: str, names: list[str], transform: Transform) -> CachedDataset:
         """The split from its cache entry, built as its own pipeline resizes; samples that
         failed to decode are skipped (``bad_samples=skip``, with a warning naming each) or
         raise their ``DataError``, whether this run built the entry or an earlier one did."""
         pipeline = self.train_transform if split == "train" else self.eval_transform
         skip = self.bad_samples == "skip"
+        resampling = Resampling.of(pipeline)
         entry, _ = load_or_build(
-            self.cache_dir, self.root, split, names, self.image_size, Resampling.of(pipeline), skip
+            self.cache_dir, self.source, split, names, self.image_size, resampling, skip
         )
         bad = bad_samples(entry)
         if bad and not skip:
@@ -180,36 +136,22 @@ class PetDataModule(L.LightningDataModule):
         for message in bad.values():
             log.warning("skipping a bad sample (data.bad_samples=skip): %s", message)
         kept = [name for name in names if name not in bad]
-        return CachedPetDataset(self.root, kept, transform, entry)
-
-    def _non_empty(self, split: str) -> list[str]:
-        names = self.split_names(split)
-        if names:
-            return names
-        ann = self.root / "annotations"
-        if split == "test":
-            raise DataError(f"the test split is empty: '{ann / 'test.txt'}' lists no images")
-        raise DataError(
-            f"the {split} split is empty: '{ann / 'trainval.txt'}' lists "
-            f"{len(self.split_names('train')) + len(self.split_names('val'))} image(s) and "
-            f"data.val_every={self.val_every} makes every {self.val_every}th a validation "
-            f"image; list more images or lower data.val_every"
-        )
+        return CachedDataset(self.source, kept, transform, entry)
 
     def _check_files(self, split: str, names: list[str]) -> list[str]:
-        """A quick pre-scan (image headers and trimaps, ~1 ms a sample, threaded; see
-        ``scan_sample``) that names every bad file at once instead of dying mid-epoch on the
-        first, and warns once about trimaps without any pet pixel. ``bad_samples=fail``
-        raises; ``skip`` drops those samples with one warning and a count. Returns the names
-        to use."""
+        """A quick pre-scan (image headers, masks decoded; ~1 ms a sample, threaded; see
+        :meth:`SampleSource.scan`) that names every bad file at once instead of dying
+        mid-epoch on the first, and warns once about masks without any foreground pixel.
+        ``bad_samples=fail`` raises; ``skip`` drops those samples with one warning and a
+        count. Returns the names to use."""
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PNG decoding
-            found = pool.map(partial(scan_sample_and_mask, self.root), names)
-            scans = dict(zip(names, found, strict=True))
-        no_pet = [name for name, (_, empty) in scans.items() if empty]
-        if no_pet:
+            scans = dict(zip(names, pool.map(self.source.scan, names), strict=True))
+        empty = [name for name, (_, no_foreground) in scans.items() if no_foreground]
+        if empty:
             log.warning(
-                "split '%s': %d trimap(s) have no pet pixel (per-image Dice 1 for an empty "
-                "prediction, 0 for any other): %s", split, len(no_pet), ", ".join(no_pet),
+                "split '%s': %d %s(s) have no pet pixel (per-image Dice 1 for an empty "
+                "prediction, 0 for any other): %s",
+                split, len(empty), self.source.mask_kind, ", ".join(empty),
             )  # fmt: skip
         bad = {name: problems for name, (problems, _) in scans.items() if problems}
         if not bad:
@@ -234,7 +176,7 @@ class PetDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}
-        for split in wanted.get(stage or "", ["train", "val", "test"]):
+        for split in wanted.get(stage or "", list(SPLITS)):
             self.dataset(split)
 
     # --- loaders ------------------------------------------------------------------------
@@ -266,16 +208,3 @@ class PetDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-
-class SyntheticPetDataModule(PetDataModule):
-    """:class:`PetDataModule` over a generated dataset (see :mod:`segpets.data.synthetic`),
-    written once to ``root`` (a cache folder, never a dataset folder)."""
-
-    def __init__(self, num_trainval: int = 120, num_test: int = 60, seed: int = 0, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.num_trainval, self.num_test, self.generator_seed = num_trainval, num_test, seed
-
-    def _check_layout(self) -> None:
-        synthetic.generate(self.root, self.num_trainval, self.num_test, self.generator_seed)
-        super()._check_layout()

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from segpets.data.oxford_pet import PetDataModule
 
 COMPLETE_MARKER = ".complete"
 
@@ -124,3 +127,16 @@ def generate(root: str | Path, num_trainval: int = 120, num_test: int = 60, seed
         if not (root / COMPLETE_MARKER).exists():
             raise
     return root
+
+
+class SyntheticPetDataModule(PetDataModule):
+    """:class:`PetDataModule` over a generated dataset (see :func:`generate`), written once to
+    ``root`` (a cache folder, never a dataset folder)."""
+
+    def __init__(self, num_trainval: int = 120, num_test: int = 60, seed: int = 0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_trainval, self.num_test, self.generator_seed = num_trainval, num_test, seed
+
+    def check_layout(self) -> None:
+        generate(self.root, self.num_trainval, self.num_test, self.generator_seed)
+        super().check_layout()

@@ -3,7 +3,6 @@ runs the module's own loop, so the report's headline numbers are the module's, u
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -11,16 +10,23 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_f1_score
 
-from segpets.data.oxford_pet import load_mask, trimap_path
+from segpets.data.dataset import SampleSource
+from segpets.data.files import IGNORE_INDEX
 from segpets.evaluation.ops import resize_logits
 from segpets.evaluation.report import overlay_panel
 from segpets.metrics import PerImageBoundaryF1, binarize, segmentation_metrics
 
 
 def per_image_dice(preds: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """(N,) Dice of binary (N, 1, H, W) masks, as ``PerImageDice`` (empty/empty = 1)."""
+    """(N,) Dice of binary (N, 1, H, W) masks, as ``PerImageDice`` (empty/empty = 1; truth
+    pixels equal to ``IGNORE_INDEX`` left out)."""
     dice = binary_f1_score(
-        preds, truth, multidim_average="samplewise", zero_division=1.0, validate_args=False
+        preds,
+        truth,
+        multidim_average="samplewise",
+        zero_division=1.0,
+        ignore_index=IGNORE_INDEX,
+        validate_args=False,
     )
     return dice.reshape(-1)  # torchmetrics squeezes N = 1 to a scalar
 
@@ -37,14 +43,14 @@ class EvalCollector(L.Callback):
     def __init__(
         self,
         split: str,
-        root: Path,
+        source: SampleSource,
         mean: tuple[float, ...],
         std: tuple[float, ...],
         boundary_tolerance: int = 2,
         full_res: bool = False,
         worst_k: int = 16,
     ) -> None:
-        self.split, self.root, self.full_res, self.worst_k = split, Path(root), full_res, worst_k
+        self.split, self.source, self.full_res, self.worst_k = split, source, full_res, worst_k
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.boundary = PerImageBoundaryF1(boundary_tolerance)
@@ -77,6 +83,7 @@ class EvalCollector(L.Callback):
         bf1 = self._update(self.boundary, preds, truth)
         for i, name in enumerate(batch["name"]):
             rec = {"name": name, "dice": float(dice[i]), "iou": float(dice[i] / (2 - dice[i]))}
+            rec["empty_truth"] = not bool((truth[i] == 1).any())  # no pet in the ground truth
             rec["boundary_f1"] = float(bf1[i])
             if self.full_res:
                 rec.update(self._score_full_res(logits[i : i + 1], name))
@@ -89,8 +96,8 @@ class EvalCollector(L.Callback):
         return metric.scores[-1]
 
     def _score_full_res(self, logits: torch.Tensor, name: str) -> dict[str, float]:
-        """Logits resized to the original H×W, scored against the original trimap."""
-        mask = torch.from_numpy(load_mask(trimap_path(self.root, name))).long()[None, None]
+        """Logits resized to the original H×W, scored against the original mask."""
+        mask = torch.from_numpy(self.source.load_mask(name)).long()[None, None]
         preds = binarize(resize_logits(logits, tuple(mask.shape[-2:])))  # (1, 1, H, W)
         self.full_metrics.update(preds, mask)
         dice = per_image_dice(preds, mask)
@@ -107,7 +114,7 @@ class EvalCollector(L.Callback):
                     "name": name,
                     "dice": float(dice[i]),
                     "image": (images[i].permute(1, 2, 0) * 255).round().byte().numpy(),
-                    "truth": truth[i, 0].bool().numpy(),
+                    "truth": (truth[i, 0] == 1).numpy(),
                     "pred": preds[i, 0].bool().numpy(),
                 }
             )
@@ -122,6 +129,15 @@ class EvalCollector(L.Callback):
             for key, value in self.full_metrics.compute().items():
                 pl_module.log(key, value)
             pl_module.log(f"{self.split}/full_res/boundary_f1", self.full_boundary.compute())
+
+    def empty_truth_summary(self) -> dict[str, float | int]:
+        """How many images have no pet pixel in their ground truth (their Dice is 1 for an
+        empty prediction, 0 for any other) and the per-image Dice of the others."""
+        others = [r["dice"] for r in self.records if not r["empty_truth"]]
+        return {
+            "images_empty_truth": len(self.records) - len(others),
+            "dice_without_empty_truth": sum(others) / len(others) if others else float("nan"),
+        }
 
     def worst_panels(self) -> list[tuple[str, float, np.ndarray]]:
         """(name, Dice, overlay panel) of the worst images, worst first."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segpets.data.oxford_pet import read_lines
+from segpets.data.files import read_lines
 
 SPECIES = {"1": "cat", "2": "dog"}
 # overlay colours (RGB): correct pet, false positive (background called pet), missed pet

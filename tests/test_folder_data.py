@@ -1,0 +1,149 @@
+"""data=folder: your own images and masks paired by stem, label semantics from the config,
+seeded splits, and the same checks and messages as Oxford-IIIT Pet."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import segpets.train
+from segpets.build import instantiate_or_explain
+from segpets.data.files import IGNORE_INDEX, read_split
+from segpets.data.folder import FolderDataModule
+from segpets.data.oxford_pet import image_path, load_trimap, trimap_path
+from segpets.errors import ConfigError, DataError
+from tests.conftest import compose_train
+from tests.test_bad_inputs import BASE, assert_one_line_error, cli
+
+COUNT = 30  # mini-set samples copied into each folder dataset
+
+
+def make_folder(mini_root: Path, out: Path, labels: bool = False, count: int = COUNT) -> Path:
+    """``out/images/*.jpg`` and ``out/masks/*.png`` from the mini set. Binary masks 0/255, or
+    with ``labels`` label maps as an annotation tool writes them: palette PNGs whose index is
+    the label (0 background, 1 cat, 2 dog, 255 the trimap's border: to be ignored)."""
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir()
+    names = read_split(mini_root / "annotations" / "trainval.txt")  # cats first, then dogs
+    for name in names[: count // 2] + names[-(count - count // 2) :]:
+        shutil.copy(image_path(mini_root, name), out / "images" / f"{name}.jpg")
+        trimap = load_trimap(trimap_path(mini_root, name))
+        if labels:
+            mask = np.where(trimap == 2, 0, 1 if name[0].isupper() else 2).astype(np.uint8)
+            mask[trimap == 3] = 255
+            img = Image.fromarray(mask, mode="L").convert("P")
+            img.putpalette([0, 0, 0, 200, 50, 50, 50, 50, 200] + [255] * (253 * 3))
+            img.save(out / "masks" / f"{name}.png")
+        else:
+            Image.fromarray(np.where(trimap == 2, 0, 255).astype(np.uint8)).save(
+                out / "masks" / f"{name}.png"
+            )
+    return out
+
+
+def folder_dm(root: Path, tmp_path: Path, *overrides: str) -> FolderDataModule:
+    args = ["data=folder", f"data.images={root / 'images'}", f"data.masks={root / 'masks'}"]
+    args += ["data.image_size=64", "data.num_workers=0", *overrides]
+    return instantiate_or_explain(compose_train(args, tmp_path).data, "data")
+
+
+@pytest.fixture
+def binary_folder(mini_root: Path, tmp_path: Path) -> Path:
+    return make_folder(mini_root, tmp_path / "mine")
+
+
+def test_pairs_splits_and_samples(binary_folder: Path, tmp_path: Path) -> None:
+    dm = folder_dm(binary_folder, tmp_path)
+    sizes = {s: len(dm.split_names(s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 24, "val": 3, "test": 3}
+    every = [n for s in ("train", "val", "test") for n in dm.split_names(s)]
+    assert sorted(every) == sorted(p.stem for p in (binary_folder / "images").iterdir())
+    again = folder_dm(binary_folder, tmp_path).splits()  # the same seed: the same split
+    assert again == dm.splits()
+    for split in ("train", "val", "test"):  # written to the run folder, one stem a line
+        assert read_split(tmp_path / "splits" / f"{split}.txt") == dm.split_names(split)
+    other = folder_dm(binary_folder, tmp_path, "data.split_seed=1").splits()
+    assert other["val"] != dm.splits()["val"]
+    sample = dm.dataset("val")[0]
+    assert sample["image"].shape == (3, 64, 64)
+    assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0} and sample["mask"].sum() > 0
+
+
+def test_split_files_are_used_as_given(binary_folder: Path, tmp_path: Path) -> None:
+    stems = sorted(p.stem for p in (binary_folder / "images").iterdir())
+    files = {}
+    for split, names in (("train", stems[:20]), ("val", stems[20:25]), ("test", stems[25:])):
+        files[split] = tmp_path / f"{split}.txt"
+        files[split].write_text("\ufeff" + "\r\n".join(names))  # as other tools write them
+    dm = folder_dm(binary_folder, tmp_path, *(f"data.splits.{k}={v}" for k, v in files.items()))
+    assert dm.split_names("val") == stems[20:25] and len(dm.split_names("test")) == 5
+
+
+def test_label_maps_with_an_ignore_value(mini_root: Path, tmp_path: Path) -> None:
+    """Palette label maps are read by index: 1 and 2 are pets, 255 ignored, 0 background."""
+    root = make_folder(mini_root, tmp_path / "labels", labels=True)
+    dm = folder_dm(root, tmp_path, "data.ignore=255")
+    name = dm.split_names("train")[0]
+    mask = dm.source.load_mask(name)
+    trimap = load_trimap(trimap_path(mini_root, name))
+    assert np.array_equal(mask == 1, trimap == 1)
+    assert np.array_equal(mask == IGNORE_INDEX, trimap == 3)
+    assert np.array_equal(mask == 0, trimap == 2)
+    cats = folder_dm(
+        root, tmp_path, "data.ignore=255", "data.foreground=[1]", "data.background=[0,2]"
+    )
+    is_cat = name[0].isupper()
+    assert (cats.source.load_mask(name) == 1).any() == is_cat
+
+
+def test_values_outside_the_configured_sets_name_the_file(mini_root, tmp_path) -> None:
+    root = make_folder(mini_root, tmp_path / "labels", labels=True, count=10)
+    dm = folder_dm(
+        root, tmp_path, "data.foreground=[1]", "data.ignore=255", "data.bad_samples=fail"
+    )
+    dogs = [n for n in dm.split_names("train") if not n[0].isupper()]
+    assert dogs
+    with pytest.raises(
+        DataError, match=r"mask '.*\.png' has values \[2\] outside foreground \[1\]"
+    ):
+        dm.dataset("train")
+
+
+def test_conflicting_label_values_are_refused(binary_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"share the values \[255\]"):
+        folder_dm(binary_folder, tmp_path, "data.foreground=[255]", "data.ignore=255")
+
+
+@pytest.mark.parametrize("lonely", ["image", "mask"])
+def test_unpaired_files_are_one_line(lonely: str, binary_folder, tmp_path, monkeypatch, capfd):
+    if lonely == "image":
+        shutil.copy(next((binary_folder / "images").iterdir()), binary_folder / "images" / "x.jpg")
+        pattern = r"1 unpaired files in data\.images/data\.masks: '.*x\.jpg' \(no mask 'x\.png'\)"
+    else:
+        shutil.copy(next((binary_folder / "masks").iterdir()), binary_folder / "masks" / "y.png")
+        pattern = r"'.*y\.png' \(a mask without an image\)"
+    args = [*BASE, "data=folder", f"data.images={binary_folder / 'images'}"]
+    args += [f"data.masks={binary_folder / 'masks'}", "data.batch_size=8"]
+    code, err = cli(segpets.train.main, args, tmp_path, monkeypatch, capfd)
+    assert_one_line_error(code, err, pattern)
+    dm = folder_dm(binary_folder, tmp_path, "data.bad_samples=skip")
+    assert sum(len(dm.split_names(s)) for s in ("train", "val", "test")) == COUNT
+
+
+def test_mask_of_another_size_is_named(binary_folder: Path, tmp_path: Path) -> None:
+    mask = next((binary_folder / "masks").iterdir())
+    Image.open(mask).resize((50, 40)).save(mask)
+    dm = folder_dm(binary_folder, tmp_path)
+    split = next(s for s in ("train", "val", "test") if mask.stem in dm.split_names(s))
+    with pytest.raises(DataError, match=r"x\d+, but its mask is 50x40"):
+        dm.dataset(split)
+
+
+def test_missing_folder_names_the_key(tmp_path: Path) -> None:
+    dm = folder_dm(tmp_path / "nowhere", tmp_path)
+    with pytest.raises(DataError, match=r"data\.images: no such folder"):
+        dm.splits()
