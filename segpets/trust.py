@@ -33,6 +33,7 @@ TRUSTED_TARGETS = frozenset(
         "segpets.losses.BCEDiceLoss",
         "segpets.data.PetDataModule",
         "segpets.data.SyntheticPetDataModule",
+        "segpets.data.FolderDataModule",
         "albumentations.Compose",
         "albumentations.Resize",
         "albumentations.RandomResizedCrop",
