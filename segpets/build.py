@@ -81,6 +81,18 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return path, ckpt
 
 
+def restore_datamodule_state(datamodule: L.LightningDataModule, path: str | Path) -> None:
+    """Give ``datamodule`` the state its training run saved in the checkpoint at ``path``
+    (Lightning stores ``datamodule.state_dict()`` under the class name), e.g. the random split
+    of ``data=folder``; data modules that keep no state are left alone."""
+    if type(datamodule).state_dict is L.LightningDataModule.state_dict:
+        return
+    _, ckpt = read_checkpoint(path)
+    state = ckpt.get(type(datamodule).__qualname__)
+    if state:
+        datamodule.load_state_dict(state)
+
+
 def stored_config(ckpt: dict[str, Any]) -> Any:
     """The training config a segpets checkpoint carries (untrusted plain data)."""
     hparams = ckpt.get("hyper_parameters")

@@ -20,7 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from segpets.build import build_module, instantiate_or_explain, load_checkpoint
+from segpets.build import (
+    build_module,
+    instantiate_or_explain,
+    load_checkpoint,
+    restore_datamodule_state,
+)
 from segpets.cli import entry_point
 from segpets.config_checks import check_resolvable
 from segpets.errors import ConfigError
@@ -30,7 +35,6 @@ from segpets.evaluation.report import (
     format_table,
     group_rows,
     save_png,
-    species_and_breeds,
     write_csv,
 )
 from segpets.runlog import accept_run, task_run
@@ -51,13 +55,13 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     check_tta(tta, "eval.tta")
     if int(opts.get("boundary_tolerance", 2)) < 0 or int(opts.get("worst_k", 16)) < 0:
         raise ConfigError("eval.boundary_tolerance and eval.worst_k must be >= 0")
-    overrides = {k: v for k, v in cfg.data.items() if v is not None}
-    datamodule = instantiate_or_explain(OmegaConf.merge(saved.data, overrides), "data")
+    output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    datamodule = instantiate_or_explain(_eval_data(cfg, saved, output_dir), "data")
     module = build_module(saved, with_optimizer=False)
     module.load_state_dict(state_dict)
     accept_run()  # every check that can refuse has passed: the run's record is written now
-    output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    restore_datamodule_state(datamodule, ckpt_path)  # e.g. the random split it trained with
 
     columns: dict[str, dict[str, float]] = {}
     plain = None
@@ -68,7 +72,8 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
     metrics, collector = _run(cfg, saved, module, datamodule, output_dir, logger=logger)
     columns.update(_columns(metrics, cfg.split, f" +{tta}" if tta else ""))
-    _write_breakdown(collector, datamodule.root, output_dir, logger)
+    _write_breakdown(collector, datamodule, output_dir, logger)
+    empty = collector.empty_truth_summary()
 
     report = {
         "ckpt_path": str(ckpt_path),
@@ -79,7 +84,9 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
         "full_res": bool(opts.get("full_res")),
         "boundary_tolerance_px": int(opts.get("boundary_tolerance", 2)),
         "images": len(collector.records),
+        "images_empty_truth": empty["images_empty_truth"],
         "metrics": metrics,
+        f"{cfg.split}/dice_without_empty_truth": empty["dice_without_empty_truth"],
     }
     if plain is not None:
         report["metrics_without_tta"] = plain
@@ -87,7 +94,31 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     print(format_table(columns))
     dice = metrics.get(f"{cfg.split}/dice", float("nan"))
     print(f"{cfg.split}/dice (per-image mean Dice) = {dice:.4f}  [all metrics: {output_dir}]")
+    if empty["images_empty_truth"]:
+        print(
+            f"{empty['images_empty_truth']} of {len(collector.records)} {cfg.split} images have "
+            f"no pet pixel in their ground truth (Dice 1 if predicted empty, else 0); per-image "
+            f"Dice without them = {empty['dice_without_empty_truth']:.4f}"
+        )
     return metrics
+
+
+def _eval_data(cfg: DictConfig, saved: DictConfig, output_dir: Path) -> DictConfig:
+    """The checkpoint's data config with the non-null ``data.*`` values of this command (e.g.
+    where the data is on this machine); a value the checkpoint's data module does not take is
+    one line naming it. A split written to a folder goes to this run's folder, never back
+    into the training run's."""
+    overrides = {k: v for k, v in cfg.data.items() if v is not None}
+    foreign = sorted(set(overrides) - set(saved.data))
+    if foreign:
+        takes = [k for k in saved.data if not k.startswith("_") and not k.endswith("_transform")]
+        raise ConfigError(
+            f"data.{foreign[0]} does not apply to this checkpoint's data "
+            f"({saved.data.get('_target_')}, which takes data.{', data.'.join(takes)})"
+        )
+    if "split_dir" in saved.data:
+        overrides["split_dir"] = str(output_dir / "splits")
+    return OmegaConf.merge(saved.data, overrides)
 
 
 def _run(cfg, saved, module, datamodule, output_dir, logger, worst_k=None):
@@ -127,17 +158,18 @@ def _columns(metrics: dict[str, float], split: str, suffix: str) -> dict[str, di
     return columns
 
 
-def _write_breakdown(collector: EvalCollector, root: Path, out: Path, logger) -> None:
-    """per_image.csv, per_species.csv, per_breed.csv (worst first) and worst/*.png."""
-    labels = species_and_breeds(Path(root), [r["name"] for r in collector.records])
+def _write_breakdown(collector: EvalCollector, datamodule, out: Path, logger) -> None:
+    """per_image.csv, one per_<label>.csv for each label the data gives its samples (Oxford:
+    species and breed; data=folder: group), worst first, and worst/*.png."""
+    labels = datamodule.sample_labels([r["name"] for r in collector.records])
     records = [
-        {"name": r["name"], "species": labels[r["name"]][0], "breed": labels[r["name"]][1]}
+        {"name": r["name"], **labels[r["name"]]}
         | {k: round(v, 6) for k, v in r.items() if k != "name"}
         for r in collector.records
     ]
     write_csv(out / "per_image.csv", sorted(records, key=lambda r: (r["dice"], r["name"])))
-    write_csv(out / "per_species.csv", group_rows(records, "species"))
-    write_csv(out / "per_breed.csv", group_rows(records, "breed"))
+    for column in dict.fromkeys(c for r in labels.values() for c in r):
+        write_csv(out / f"per_{column}.csv", group_rows(records, column))
     panels = collector.worst_panels()
     if panels:
         (out / "worst").mkdir(exist_ok=True)

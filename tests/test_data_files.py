@@ -117,3 +117,25 @@ def test_mini_set_copy_is_unchanged_by_the_rules(mini_root: Path, tmp_path: Path
     assert {s: len(dm.split_names(s)) for s in ("train", "val", "test")} == {
         "train": 180, "val": 20, "test": 198,
     }  # fmt: skip
+
+
+def test_eval_report_counts_empty_ground_truths(pets, tiny_ckpt, tmp_path, monkeypatch, capfd):  # noqa: F811
+    """One of the two test trimaps has no pet pixel: the report says so and gives the
+    per-image Dice of the other image beside the headline."""
+    import csv
+    import json
+
+    import segpets.eval
+
+    empty = read_split(pets / "annotations" / "test.txt")[0]
+    size = Image.open(trimap_path(pets, empty)).size
+    Image.fromarray(np.full(size[::-1], 2, np.uint8)).save(trimap_path(pets, empty))
+    args = [f"ckpt_path={tiny_ckpt}", f"data.root={pets}", "hydra.run.dir=ev", "progress_bar=false"]
+    code, err = cli(segpets.eval.main, args, tmp_path, monkeypatch, capfd)
+    assert code == 0, err[-3000:]
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    rows = {r["name"]: r for r in csv.DictReader((tmp_path / "ev" / "per_image.csv").open())}
+    other = next(float(r["dice"]) for n, r in rows.items() if n != empty)
+    assert report["images"] == 2 and report["images_empty_truth"] == 1
+    assert report["test/dice_without_empty_truth"] == pytest.approx(other, abs=1e-6)
+    assert "1 of 2 test images have no pet pixel in their ground truth" in cli.stdout

@@ -147,3 +147,70 @@ def test_missing_folder_names_the_key(tmp_path: Path) -> None:
     dm = folder_dm(tmp_path / "nowhere", tmp_path)
     with pytest.raises(DataError, match=r"data\.images: no such folder"):
         dm.splits()
+
+
+@pytest.mark.slow
+def test_train_eval_predict_with_a_persisted_split(mini_root, tmp_path, monkeypatch, capfd):
+    """One epoch on a label-map folder with an ignore value and groups; then, with the run
+    folder moved and new pairs added (a fresh random split would differ), eval scores the
+    checkpoint's own test split with a per-group table, and predict writes masks."""
+    import csv
+    import json
+
+    import segpets.eval
+    import segpets.predict
+
+    root = make_folder(mini_root, tmp_path / "labels", labels=True)
+    groups = tmp_path / "groups.csv"
+    stems = sorted(p.stem for p in (root / "images").iterdir())
+    groups.write_text(
+        "stem,group\n" + "".join(f"{s},{'cat' if s[0].isupper() else 'dog'}\n" for s in stems)
+    )
+    args = [*BASE, "data=folder", f"data.images={root / 'images'}", f"data.masks={root / 'masks'}"]
+    args += ["data.ignore=255", f"data.groups={groups}", "data.batch_size=8", "hydra.run.dir=run"]
+    code, err = cli(segpets.train.main, args, tmp_path, monkeypatch, capfd)
+    assert code == 0, err[-3000:]
+    test_split = read_split(tmp_path / "run" / "splits" / "test.txt")
+    assert len(test_split) == 3
+    (tmp_path / "run").rename(tmp_path / "moved")
+    ckpt = tmp_path / "moved" / "checkpoints" / "last.ckpt"
+    extra = make_folder(mini_root, tmp_path / "more", labels=True, count=40)
+    for kind in ("images", "masks"):
+        for path in (extra / kind).iterdir():
+            if not (root / kind / path.name).exists():
+                shutil.copy(path, root / kind / path.name)
+    assert len(list((root / "images").iterdir())) > COUNT
+
+    code, err = cli(
+        segpets.eval.main,
+        [f"ckpt_path={ckpt}", "hydra.run.dir=ev", "progress_bar=false"],
+        tmp_path,
+        monkeypatch,
+        capfd,
+    )
+    assert code == 0, err[-3000:]
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["images"] == 3
+    per_image = list(csv.DictReader((tmp_path / "ev" / "per_image.csv").open()))
+    assert sorted(r["name"] for r in per_image) == sorted(test_split)
+    per_group = list(csv.DictReader((tmp_path / "ev" / "per_group.csv").open()))
+    assert {r["group"] for r in per_group} <= {"cat", "dog"} and sum(
+        int(r["images"]) for r in per_group
+    ) == 3
+    assert read_split(tmp_path / "ev" / "splits" / "test.txt") == test_split
+    assert not (tmp_path / "run").exists()  # nothing written back to the old run folder
+
+    args = [f"ckpt_path={ckpt}", "data.root=/elsewhere", "hydra.run.dir=ev2"]
+    code, err = cli(segpets.eval.main, args, tmp_path, monkeypatch, capfd)
+    assert_one_line_error(code, err, r"data\.root does not apply to this checkpoint's data")
+
+    out = tmp_path / "predicted"
+    args = [
+        f"ckpt_path={ckpt}",
+        f"input={root / 'images' / (test_split[0] + '.jpg')}",
+        f"output_dir={out}",
+        "progress_bar=false",
+    ]
+    code, err = cli(segpets.predict.main, args, tmp_path, monkeypatch, capfd)
+    assert code == 0, err[-3000:]
+    assert (out / f"{test_split[0]}_mask.png").is_file()

@@ -234,8 +234,16 @@ class FolderDataModule(SegmentationDataModule):
         return {"splits": self.splits()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Use the split a checkpoint was trained with (resume, ``segpets.eval``)."""
-        self._splits = {s: list(state_dict["splits"].get(s, [])) for s in SPLITS}
+        """Use the split a checkpoint was trained with (resume, ``segpets.eval``); anything
+        but lists of names is refused (a checkpoint is data from elsewhere)."""
+        splits = state_dict.get("splits") if isinstance(state_dict, dict) else None
+        if not isinstance(splits, dict) or not all(
+            isinstance(splits.get(s, []), list)
+            and all(isinstance(n, str) for n in splits.get(s, []))
+            for s in SPLITS
+        ):
+            raise ConfigError("ckpt_path: the checkpoint's data split is not lists of names")
+        self._splits = {s: list(splits.get(s, [])) for s in SPLITS}
         self.datasets.clear()
         self._write_splits()
 
