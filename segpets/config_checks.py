@@ -47,6 +47,9 @@ RESUME_IGNORED = (
     "trainer.enable_model_summary",
     "trainer.limit_test_batches",
     "data.root",
+    "data.images",  # data=folder: where the folders are on this machine
+    "data.masks",
+    "data.split_dir",  # where the split is written (each run its own folder)
     "data.download",
     "data.num_workers",
     "data.pin_memory",

@@ -204,6 +204,20 @@ def test_train_eval_predict_with_a_persisted_split(mini_root, tmp_path, monkeypa
     code, err = cli(segpets.eval.main, args, tmp_path, monkeypatch, capfd)
     assert_one_line_error(code, err, r"data\.root does not apply to this checkpoint's data")
 
+    # resuming (one more epoch) trains and tests on the checkpoint's split, too
+    args = [a for a in args if not a.startswith(("hydra.run.dir", "ckpt_path"))]
+    resume = [
+        *BASE,
+        "data=folder",
+        f"data.images={root / 'images'}",
+        f"data.masks={root / 'masks'}",
+    ]
+    resume += ["data.ignore=255", f"data.groups={groups}", "data.batch_size=8"]
+    resume += [f"ckpt_path={ckpt}", "trainer.max_epochs=2", "hydra.run.dir=resumed"]
+    code, err = cli(segpets.train.main, resume, tmp_path, monkeypatch, capfd)
+    assert code == 0, err[-3000:]
+    assert read_split(tmp_path / "resumed" / "splits" / "test.txt") == test_split
+
     out = tmp_path / "predicted"
     args = [
         f"ckpt_path={ckpt}",
