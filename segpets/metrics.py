@@ -97,15 +97,14 @@ def boundary_f1(preds: torch.Tensor, target: torch.Tensor, tolerance: int) -> to
     Precision: fraction of predicted contour pixels within ``tolerance`` pixels (Chebyshev
     distance) of a true contour pixel; recall: the converse; BF = 2PR / (P + R). Both contours
     empty scores 1, exactly one empty scores 0. Unlike Dice it is not dominated by the
-    interior, so it shows blurry or shifted outlines. Ignored target pixels (``IGNORE_INDEX``)
-    are not pet: a predicted contour pixel on one is not counted (it is no false contour), but
-    may still be the one near a true contour pixel.
+    interior, so it shows blurry or shifted outlines. Pixels whose target is ``IGNORE_INDEX``
+    count as not pet in both masks, so what is predicted there changes nothing.
     """
-    pred_all, true_b = boundary(preds), boundary(target)
-    pred_b = pred_all * (target != IGNORE_INDEX)
+    preds = torch.where(target == IGNORE_INDEX, 0, preds)
+    pred_b, true_b = boundary(preds), boundary(target)
     size = 2 * tolerance + 1
     near_true = F.max_pool2d(true_b, size, stride=1, padding=tolerance)
-    near_pred = F.max_pool2d(pred_all, size, stride=1, padding=tolerance)
+    near_pred = F.max_pool2d(pred_b, size, stride=1, padding=tolerance)
     n_pred, n_true = pred_b.sum((1, 2, 3)), true_b.sum((1, 2, 3))
     precision = (pred_b * near_true).sum((1, 2, 3)) / n_pred.clamp(min=1)
     recall = (true_b * near_pred).sum((1, 2, 3)) / n_true.clamp(min=1)

@@ -149,3 +149,19 @@ def test_border_ignore_leaves_trimap_borders_out_of_dice(mini_root, tmp_path) ->
     metrics = segmentation_metrics("v/")
     metrics.update(pet, seed_targets)
     assert metrics.compute()["v/dice"].item() < 0.99
+
+
+def test_boundary_f1_ignores_predictions_on_ignored_pixels() -> None:
+    """A 6×6 pet square with a 1-px ignored ring: whatever is predicted on the ring, the
+    boundary F1 of a prediction of the square itself stays 1."""
+    from segpets.metrics import boundary_f1
+
+    target = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    target[..., 1:7, 1:7] = IGN
+    target[..., 2:6, 2:6] = 1
+    square = (target == 1).long()
+    scores = []
+    for ring in (0, 1):
+        pred = torch.where(target == IGN, ring, square)
+        scores.append(boundary_f1(pred, target, tolerance=0).item())
+    assert scores == [1.0, 1.0]
