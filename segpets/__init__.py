@@ -11,4 +11,8 @@ import os
 # test imports it, so the check is off unless the user set the variable themselves.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from segpets import resolvers  # noqa: E402  (after the environment above)
+
+resolvers.register()
+
 __version__ = "0.1.0"

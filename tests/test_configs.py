@@ -69,3 +69,25 @@ def test_precision_is_overridable(tmp_path: Path) -> None:
 def test_cosine_scheduler_follows_max_epochs(tmp_path: Path) -> None:
     cfg = compose_train(["scheduler=cosine", "trainer.max_epochs=7"], tmp_path)
     assert cfg.scheduler.scheduler.T_max == 7
+
+
+@pytest.mark.parametrize(("trainer", "devices", "workers"), [("gpu", 1, 15), ("ddp", 4, 3)])
+def test_gpu_trainers_bring_loader_defaults(trainer, devices, workers, tmp_path, monkeypatch):
+    """trainer=gpu/ddp: a worker per spare CPU (per process), persistent workers, pinned
+    memory, the cache, and (gpu) bf16 + channels_last — unless the command line says
+    otherwise. 16 usable CPUs are pretended."""
+    from segpets import resolvers
+
+    monkeypatch.setattr(resolvers, "usable_cpus", lambda: 16)
+    cfg = compose_train([f"trainer={trainer}", f"trainer.devices={devices}"], tmp_path)
+    data = cfg.data
+    assert (data.num_workers, data.persistent_workers, data.pin_memory, data.cache) == (
+        workers, True, True, True,
+    )  # fmt: skip
+    assert cfg.trainer.accelerator == "gpu" and "max_epochs" in cfg.trainer
+    if trainer == "gpu":
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.model.channels_last
+    mine = compose_train([f"trainer={trainer}", "data.num_workers=2", "data.cache=false"], tmp_path)
+    assert (mine.data.num_workers, mine.data.cache) == (2, False)
+    plain = compose_train(["trainer=cpu"], tmp_path)
+    assert not plain.data.cache and not plain.data.pin_memory
