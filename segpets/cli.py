@@ -18,18 +18,20 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Quote, QuotedString
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from segpets.config_checks import check_launch, check_resolvable, check_values
 from segpets.errors import CONFIG_DIR, USER_ERROR_EXIT_CODE, ConfigError, check_group_choices
+from segpets.sweep import sweep_signals
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./+@%:~-]+")  # never special in Hydra's override grammar
@@ -45,28 +47,30 @@ def entry_point(config_name: str) -> Callable[[Callable[[], Any]], Callable[[], 
         def main() -> Any:
             argv = sys.argv[1:]
             check_group_choices(argv)
-            check_overrides(argv, config_name)
-            return hydra_main()
+            multirun = check_overrides(argv, config_name)
+            with sweep_signals(multirun):  # Ctrl-C on a sweep: jobs save, none starts anew
+                return hydra_main()
 
         return main
 
     return wrap
 
 
-def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG_DIR) -> None:
+def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG_DIR) -> bool:
     """Compose ``config_name`` with the command line's overrides as Hydra will (each job of a
     sweep); exit 2 with one line on the first failure. Other Hydra flags (``--cfg``, ``-cn``,
-    ``--help`` ...) and sweeps Hydra's basic sweeper cannot expand are left to Hydra."""
+    ``--help`` ...) and sweeps Hydra's basic sweeper cannot expand are left to Hydra. Returns
+    whether this is a multirun (``-m``, or ``hydra.mode: MULTIRUN`` as Optuna's config sets)."""
+    multirun = any(a in MULTIRUN_FLAGS for a in argv)
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in argv):
-        return
+        return multirun
     overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
     try:
         jobs = sweep_jobs(OverridesParser.create().parse_overrides(overrides))
     except HydraException as err:
         _fail(err)
-        return
     if jobs is None or len(jobs) > MAX_JOBS_CHECKED:
-        return
+        return True
     with initialize_config_dir(str(config_dir), version_base="1.3"):
         for job in jobs:
             shown = job if len(jobs) > 1 else None
@@ -78,6 +82,8 @@ def check_overrides(argv: list[str], config_name: str, config_dir: Path = CONFIG
                 check_job(cfg)
             except ConfigError as err:
                 _fail(err, shown)
+            multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
+    return multirun
 
 
 def check_job(cfg: DictConfig) -> None:
@@ -121,7 +127,7 @@ def sweep_jobs(overrides: list[Override]) -> list[list[str]] | None:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def _fail(err: Exception, job: list[str] | None = None) -> None:
+def _fail(err: Exception, job: list[str] | None = None) -> NoReturn:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]

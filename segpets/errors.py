@@ -38,6 +38,11 @@ class JobRefused(CompactHydraException):
     other jobs, then reports the failed ones (exit code 1), as it does for any failing job."""
 
 
+class JobStopped(CompactHydraException):
+    """A sweep job stopped by SIGINT/SIGTERM (its checkpoint saved and resume command printed),
+    or not started because the sweep was interrupted (``segpets.sweep``)."""
+
+
 @contextmanager
 def user_errors(on_error: Callable[[], Any] | None = None) -> Iterator[None]:
     """Report ``SegpetsError`` as one line, ``segpets: error: ...``, then exit 2 (in a Hydra

@@ -32,7 +32,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from segpets.errors import SegpetsError, user_errors
+from segpets.errors import JobStopped, SegpetsError, user_errors
+from segpets.sweep import job_signals
 
 RECORD_DIR = ".hydra"
 _REDRAW = re.compile(r"\r[^\n]*")  # a progress bar's redraw: carriage return to line end
@@ -185,15 +186,18 @@ def task_run(cfg: DictConfig, record: bool = True) -> Iterator[TaskRun]:
     run = TaskRun(cfg, record)
     _CURRENT.append(run)
     try:
-        with _tee_console(run.log), user_errors(on_error=run.refuse):
+        with _tee_console(run.log), user_errors(on_error=run.refuse), job_signals():
             try:
                 yield run
-            except SegpetsError:
-                raise  # user_errors(): one line, and a refusal leaves no trace
+            except (SegpetsError, JobStopped):
+                raise  # one line (user_errors), or a sweep's Ctrl-C (segpets.sweep)
             except Exception:  # a bug, not a user error: keep the record and the traceback
                 run.accept()
                 run.log.feed("err", traceback.format_exc())
                 raise
+    except JobStopped:
+        run.refuse()  # stopped before its checks passed (not started): no trace
+        raise
     finally:
         run.log.close()
         _CURRENT.remove(run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 import torch
 
 import segpets.train
+from segpets.callbacks.resume import resume_command
+from segpets.cli import override_arg
 from segpets.train import train
 from tests.conftest import TINY_SYNTHETIC, compose_train
 from tests.test_bad_inputs import assert_one_line_error, cli, snapshot
@@ -207,3 +210,33 @@ def test_run_log_holds_what_the_console_showed(tmp_path, monkeypatch, capfd) -> 
     ):
         assert line in logged, line
     assert (run / ".hydra" / "overrides.yaml").is_file()
+
+
+ODD = "run=1, lr [a] it's $HOME"  # characters Hydra's override grammar treats specially
+
+
+def test_printed_resume_command_works_for_any_path(tmp_path: Path) -> None:
+    """The preemption message's command, split as a shell does, gives Hydra back the path."""
+    path = tmp_path / ODD / "${x}" / "checkpoints" / "epoch=3-step=40.ckpt"
+    words = shlex.split(resume_command(path))
+    assert words[:3] == ["python", "-m", "segpets.train"]
+    assert compose_train(words[3:], tmp_path).ckpt_path == str(path)
+
+
+def test_the_refusal_names_a_resume_override_that_works(tmp_path, monkeypatch, capfd) -> None:
+    """A run folder whose path has '=', ',', spaces, brackets, quotes: the refusal's
+    ckpt_path=... works as printed, and resumes that run."""
+    run = tmp_path / ODD
+    args = [*PEAKS_EARLY, "trainer.max_epochs=1", "test=false"]
+    into_run = override_arg("hydra.run.dir", run)
+    code, err = cli(segpets.train.main, [*args, into_run], tmp_path, monkeypatch, capfd)
+    assert code == 0, err[-3000:]
+    code, err = cli(segpets.train.main, [*args, into_run], tmp_path, monkeypatch, capfd)
+    line = assert_one_line_error(code, err, r"already holds checkpoints")
+    printed = line.split("resume with ", 1)[1].rsplit(", or drop", 1)[0]
+    (override,) = shlex.split(printed)
+    resume = [*args[:-2], "trainer.max_epochs=2", "test=false", override]
+    code, err = cli(segpets.train.main, resume, tmp_path, monkeypatch, capfd)
+    assert code == 0, err[-3000:]
+    (resumed,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1

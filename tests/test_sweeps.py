@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+import segpets.train
+from segpets.cli import override_arg
 from segpets.summarize import main as summarize_cli
 from segpets.summarize import read_curves
-from tests.conftest import TINY_SYNTHETIC
+from tests.conftest import REPO, TINY_SYNTHETIC
+from tests.test_bad_inputs import assert_one_line_error, cli
 
 # One intra-op thread per job: on a busy 2-core machine, torch's default threads fight over
 # the cores and the same tiny job takes ~10x longer.
@@ -119,3 +126,68 @@ def test_optuna_search_of_three_trials(tmp_path: Path) -> None:
     # the sweeper maximised what main returned: the best val/dice over each trial
     best = max(v for j in jobs for _, v in read_curves(j / "tensorboard")[0]["val_dice"])
     assert results["best_value"] == pytest.approx(best, abs=1e-6)
+
+
+# --- a sweep meets a user error or a Ctrl-C ------------------------------------------------
+def test_a_job_user_error_does_not_stop_the_sweep(tmp_path, monkeypatch, capfd) -> None:
+    """Job 0 fails at run time with a user error (its one line); Hydra still runs job 1, then
+    reports the failed job (exit 1, no traceback). Job 0 leaves no folder behind."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "data.bad_samples=ignore,fail", f"hydra.sweep.dir={sweep}"]
+    code, err = cli(segpets.train.main, args, tmp_path, monkeypatch, capfd)
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("segpets: error:")]
+    assert errors == ["segpets: error: data.bad_samples must be 'fail' or 'skip', got 'ignore'"]
+    assert "segpets: sweep job 0 stopped with a user error" in err
+    assert [j.name for j in job_dirs(sweep)] == ["1"]
+    assert (sweep / "1" / "test_metrics.json").is_file()
+
+
+def test_every_job_is_checked_before_any_starts(tmp_path, monkeypatch, capfd) -> None:
+    args = ["-m", *TINY, "optimizer.lr=1e-3,0,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    code, err = cli(segpets.train.main, args, tmp_path, monkeypatch, capfd)
+    assert_one_line_error(code, err, r"optimizer\.lr must be > 0, got 0 \(sweep job .*lr=0")
+    assert list(tmp_path.iterdir()) == []  # no job ran, no folder
+
+
+def signal_group_when_saved(proc: subprocess.Popen, sweep: Path, jobs: int) -> None:
+    """SIGINT to the sweep's whole process group (a terminal's Ctrl-C) once ``jobs`` jobs
+    have written their epoch-0 last.ckpt (they are then in epoch 1, slowed down)."""
+    deadline = time.monotonic() + 240
+    while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < jobs:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_joblib_sweep_saves_every_running_job(tmp_path: Path) -> None:
+    """One Ctrl-C on a joblib sweep (2 workers, 3 jobs): the two running jobs finish their
+    batch, save last.ckpt and print how to resume; job 2 never starts; exit 130, no
+    traceback (before: joblib killed the saving workers, and a traceback)."""
+    sweep = tmp_path / "sweep"
+    slow = "+callbacks.slow._target_=tests.test_resume.SlowBatches"
+    longer = ("trainer.max_epochs=", "trainer.limit_train_batches=")
+    args = [*(a for a in TINY if not a.startswith(longer)), "trainer.max_epochs=3"]
+    args += ["trainer.limit_train_batches=8", slow]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,2e-3,3e-3"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segpets.train", "-m", *args, f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env={**ENV, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    signal_group_when_saved(proc, sweep, jobs=2)
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert [j.name for j in job_dirs(sweep)] == ["0", "1"]
+    for job in job_dirs(sweep):
+        saved = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert 8 < saved["global_step"] < 24  # saved in epoch 1 or 2, at the signal
+        ckpt = override_arg("ckpt_path", job / "checkpoints" / "last.ckpt")
+        assert f"  python -m segpets.train {' '.join(map(shlex.quote, args[:-3]))} " in err
+        assert shlex.quote(ckpt) in err

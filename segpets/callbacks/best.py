@@ -113,24 +113,32 @@ def recorded_best_files(state: dict[str, Any], resumed_from: Path) -> dict[str, 
 def carry_best_checkpoints(
     trainer: L.Trainer, checkpoint: dict[str, Any], resumed_from: Path
 ) -> None:
-    """Before Lightning restores callbacks from ``checkpoint``: for each monitoring
-    ``ModelCheckpoint`` of ``trainer`` whose stored folder differs from its own, copy the
-    recorded checkpoint files into its folder and rewrite the stored state (paths, folder) to
-    them, so Lightning restores the best score and files. Never writes the old folder."""
+    """Before Lightning restores callbacks from ``checkpoint``: for each ``ModelCheckpoint`` of
+    ``trainer`` whose stored folder differs from its own, copy the checkpoint files a
+    monitoring one records into its folder and rewrite the stored state (paths, folder) to
+    them, so Lightning restores the best score and files (a ``last.ckpt`` writer carries
+    nothing over: it starts afresh in the new folder). Never writes the old folder."""
     states = checkpoint.get("callbacks") or {}
     for callback in trainer.checkpoint_callbacks:
         state = states.get(callback.state_key)
-        if not isinstance(callback, ModelCheckpoint) or not callback.monitor or not state:
+        if not isinstance(callback, ModelCheckpoint) or not callback.dirpath or not state:
             continue
-        if not callback.dirpath or state.get("dirpath") == callback.dirpath:
+        if state.get("dirpath") == callback.dirpath:
             continue
-        moved = {old: _copy_into(found, Path(callback.dirpath)) for old, found in
-                 recorded_best_files(state, resumed_from).items()}  # fmt: skip
-        state["best_k_models"] = {moved[str(p)]: s for p, s in state["best_k_models"].items()}
+        moved: dict[str, str] = {}
+        if callback.monitor:
+            found = recorded_best_files(state, resumed_from)
+            moved = {old: _copy_into(path, Path(callback.dirpath)) for old, path in found.items()}
+            log.info(
+                "resume: best checkpoint(s) copied into this run: %s", ", ".join(moved.values())
+            )
+        best_k = state.get("best_k_models") or {}
+        state["best_k_models"] = {
+            moved[str(p)]: score for p, score in best_k.items() if str(p) in moved
+        }
         for key in PATH_KEYS:
-            state[key] = moved.get(str(state.get(key)), "") if state.get(key) else ""
+            state[key] = moved.get(str(state.get(key)), "")
         state["dirpath"] = callback.dirpath
-        log.info("resume: best checkpoint(s) copied into this run: %s", ", ".join(moved.values()))
 
 
 def _copy_into(source: Path, folder: Path) -> str:

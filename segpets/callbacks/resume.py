@@ -25,11 +25,14 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from segpets.callbacks.best import carry_best_checkpoints
 from segpets.cli import override_arg
+from segpets.errors import JobStopped
+from segpets.sweep import request_stop
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +128,10 @@ class ExactResume(L.Callback):
 class Preemption(L.Callback):
     """SIGTERM (cluster preemption, ``kill``) or SIGINT (Ctrl+C) during ``fit``: finish the
     current batch (Lightning's graceful SIGTERM stop), save ``last.ckpt`` atomically and print the
-    command that resumes. A second signal stops at once without saving. The entry point exits
-    with ``128 + signal`` (143 / 130), see :func:`exit_code_on_preemption`."""
+    command that resumes. The same signal again stops at once without saving; another signal
+    meanwhile (a launcher shutting its workers down after the user's Ctrl-C) does not. The
+    entry point exits with ``128 + signal`` (143 / 130), see :func:`exit_code_on_preemption`;
+    in a sweep the launching process does (``segpets.sweep``)."""
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
@@ -143,9 +148,18 @@ class Preemption(L.Callback):
         signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # second signal: the user wants out now
+        if self.signal == signum:  # the same signal again: the user wants out now
             raise KeyboardInterrupt
+        if self.signal is not None:
+            print(
+                f"segpets: {signal.Signals(signum).name} ignored: still saving after "
+                f"{self.signal.name} (send {self.signal.name} again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         self.signal = signal.Signals(signum)
+        request_stop(signum)  # in a sweep: no new job starts
         print(
             f"segpets: {self.signal.name} received: finishing the current batch, then saving a "
             f"checkpoint (send {self.signal.name} again to stop at once without saving)",
@@ -190,10 +204,18 @@ def resume_command(ckpt: Path) -> str:
 @contextmanager
 def exit_code_on_preemption(trainer: L.Trainer):
     """Lightning's graceful stop raises ``SIGTERMException``, a ``SystemExit`` with code 0;
-    a preempted run must not look like a finished one: exit ``128 + signal`` instead."""
+    a preempted run must not look like a finished one: exit ``128 + signal`` instead. In a
+    sweep, raise :class:`JobStopped` (an ``Exception``: the launcher collects every job's end
+    instead of killing the others mid-save; ``segpets.sweep`` sets the exit code)."""
     try:
         yield
     except SIGTERMException:
         caught = [cb.signal for cb in trainer.callbacks if isinstance(cb, Preemption)]
         signum = next((s for s in caught if s is not None), signal.SIGTERM)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            request_stop(signum)
+            raise JobStopped(
+                f"segpets: sweep job {HydraConfig.get().job.num} stopped by {signum.name}; its "
+                f"checkpoint and resume command are above"
+            ) from None
         raise SystemExit(128 + int(signum)) from None
