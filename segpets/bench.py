@@ -344,7 +344,7 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
         "lightning": L.__version__,
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "model": model_name(cfg.model),
         "params_M": sum(p.numel() for p in module.net.parameters()) / 1e6,
         "image_size": int(cfg.data.image_size),
         "batch_size": int(cfg.batch_size),
@@ -354,6 +354,13 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     return [{c: r.get(c, "") for c in COLUMNS} for r in rows], meta
+
+
+def model_name(model: DictConfig) -> str:
+    """The model class, with a zoo net's architecture and encoder: ``SmpNet(FPN, resnet34)``."""
+    name = model._target_.rsplit(".", 1)[-1]
+    parts = [str(model[k]) for k in ("arch", "encoder_name") if model.get(k)]
+    return f"{name}({', '.join(parts)})" if parts else name
 
 
 def _achieved(rates: dict, gflop_per_img: float, peak: float | None) -> dict:

@@ -38,11 +38,17 @@ def instantiate_or_explain(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise ConfigError(f"cannot build '{key}' ({cfg.get('_target_')}): {detail}") from err
 
 
-def build_module(cfg: DictConfig, with_optimizer: bool = True) -> SegmentationModule:
+def build_module(
+    cfg: DictConfig, with_optimizer: bool = True, pretrained: bool = True
+) -> SegmentationModule:
     """Net + loss (+ optimizer/scheduler partials) from ``cfg``; the resolved ``cfg`` itself
-    rides along into every checkpoint."""
+    rides along into every checkpoint. ``pretrained=False`` builds the net without loading
+    ``model.encoder_weights`` (the stored config keeps them): for nets whose weights all come
+    from a checkpoint, which then needs neither the network nor the weights file."""
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
     fast = {key: bool(model_cfg.pop(key, False)) for key in FAST_PATH_KEYS}
+    if not pretrained and model_cfg.get("encoder_weights") is not None:
+        model_cfg.encoder_weights = None
     net = instantiate_or_explain(model_cfg, "model")
     if fast["compile"]:
         net.compile()  # in place: state-dict keys (and so checkpoints) stay as without compile
@@ -55,6 +61,16 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True) -> SegmentationMo
     return SegmentationModule(
         net, loss, optimizer, scheduler, config=config, channels_last=fast["channels_last"]
     )
+
+
+def module_from_checkpoint(
+    config: DictConfig, state_dict: dict[str, torch.Tensor]
+) -> SegmentationModule:
+    """The module a checkpoint's trusted ``config`` describes (no optimizer), with the
+    checkpoint's ``state_dict`` loaded; pretrained encoder weights are not fetched again."""
+    module = build_module(config, with_optimizer=False, pretrained=False)
+    module.load_state_dict(state_dict)
+    return module
 
 
 def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:

@@ -21,7 +21,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from segpets.errors import ConfigError
+from segpets.errors import ConfigError, SegpetsError
 
 # Keys a resumed (or test-only) run may change: where things are, how the run executes and
 # for how long, what it logs. Everything else (model, data preprocessing and splits, loss,
@@ -84,10 +84,21 @@ def check_resolvable(cfg: DictConfig) -> None:
         next(iter(failures)),
     )
     err = failures[key]
+    own = _segpets_cause(err)
+    if own is not None:  # a resolver's own one-line error (segpets.resolvers), said as it is
+        raise own from None
     if isinstance(err, MissingMandatoryValue):
         raise ConfigError(f"{key}: missing mandatory value; set {key}=...")
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     raise ConfigError(f"{key}: cannot resolve {raw[key]!r}: {detail}")
+
+
+def _segpets_cause(err: BaseException | None) -> SegpetsError | None:
+    """The ``SegpetsError`` a resolver raised, which OmegaConf wraps (as the context of the
+    context of its ``InterpolationResolutionError``), or ``None``."""
+    while err is not None and not isinstance(err, SegpetsError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _drop_hydra_only(failures: dict[str, Any], raw: dict[str, Any]) -> None:

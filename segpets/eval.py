@@ -21,9 +21,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.build import (
-    build_module,
     instantiate_or_explain,
     load_checkpoint,
+    module_from_checkpoint,
     restore_datamodule_state,
 )
 from segpets.cli import entry_point
@@ -57,8 +57,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
         raise ConfigError("eval.boundary_tolerance and eval.worst_k must be >= 0")
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     datamodule = instantiate_or_explain(_eval_data(cfg, saved, output_dir), "data")
-    module = build_module(saved, with_optimizer=False)
-    module.load_state_dict(state_dict)
+    module = module_from_checkpoint(saved, state_dict)
     accept_run()  # every check that can refuse has passed: the run's record is written now
     output_dir.mkdir(parents=True, exist_ok=True)
     restore_datamodule_state(datamodule, ckpt_path)  # e.g. the random split it trained with

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from segpets.build import build_module, load_checkpoint
+from segpets.build import load_checkpoint, module_from_checkpoint
 from segpets.cli import entry_point
 from segpets.config_checks import check_resolvable
 from segpets.errors import ConfigError
@@ -95,8 +95,7 @@ def export(cfg: DictConfig) -> Path:
         raise ConfigError(f"output: '{output}' already exists; set overwrite=true to replace it")
     if output.suffix != SUFFIXES[fmt]:
         raise ConfigError(f"output: a {fmt} export must end in '{SUFFIXES[fmt]}', got '{output}'")
-    module = build_module(config, with_optimizer=False)
-    module.load_state_dict(state_dict)
+    module = module_from_checkpoint(config, state_dict)
     net = module.net.eval().float()
     accept_run()  # every check that can refuse has passed: the run's record is written now
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,22 @@
 any config is composed.
 
 ``${segpets.loader_workers:N}``: DataLoader workers for each of N processes on this machine.
+
+``${segpets.input_stats:mean|std,DEFAULT}``: the input normalisation (``data.mean``/``data.std``)
+of the composed config's model: the statistics its pretrained weights were trained with when
+it has some (the model class's ``pretrained_input_stats``, e.g. the encoder's own mean/std for
+``model=smp model.encoder_weights=imagenet``), else ``DEFAULT`` (the data config's). Values set
+on the command line replace the interpolation; checkpoints store the resolved values, so
+eval, predict and export normalise as training did.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
 
 
 def usable_cpus() -> int:
@@ -25,5 +34,22 @@ def loader_workers(processes: int | str = 1) -> int:
     return max(1, share - 1)
 
 
+def input_stats(which: str, default: Any, *, _root_: DictConfig) -> list[float]:
+    """``data.mean`` (``which="mean"``) or ``data.std`` for the model ``_root_.model`` builds
+    (module docstring). An unknown ``model._target_`` gives ``default``: building the model
+    reports it, naming the key."""
+    if which not in ("mean", "std"):
+        raise ValueError(f"segpets.input_stats: 'mean' or 'std', got {which!r}")
+    model = _root_.get("model")
+    target = model.get("_target_") if isinstance(model, DictConfig) else None
+    try:
+        hook = getattr(get_class(target), "pretrained_input_stats", None) if target else None
+    except Exception:  # not importable: left to building 'model'
+        hook = None
+    stats = hook(OmegaConf.to_container(model, resolve=True)) if hook else None
+    return list(stats[which]) if stats else list(default)
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("segpets.loader_workers", loader_workers, replace=True)
+    OmegaConf.register_new_resolver("segpets.input_stats", input_stats, replace=True)

@@ -29,6 +29,8 @@ HPARAM_KEYS = (
     "optimizer.lr",
     "optimizer.weight_decay",
     "model.width",
+    "model.arch",
+    "model.encoder_name",
     "model.encoder_weights",
     "data.image_size",
     "data.batch_size",

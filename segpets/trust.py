@@ -30,6 +30,9 @@ TRUSTED_TARGETS = frozenset(
     {
         "segpets.models.UNet",
         "segpets.models.ResNet34UNet",
+        # smp nets: arch/encoder are strings SmpNet checks against smp's and timm's registries,
+        # so a stored config picks among smp's nets but never names a class of its own
+        "segpets.models.SmpNet",
         "segpets.losses.BCEDiceLoss",
         "segpets.data.PetDataModule",
         "segpets.data.SyntheticPetDataModule",

@@ -19,6 +19,7 @@ from tests.conftest import compose_train
 MODELS = {
     "unet_bn": ["model=unet", "model.width=8", "model.batch_norm=true"],
     "res34_unet": ["model=res34_unet", "model.decoder_channels=[32,16,16,16]"],
+    "smp_fpn": ["model=smp", "model.arch=FPN", "model.encoder_name=resnet18"],
 }
 
 
@@ -74,11 +75,12 @@ def test_bf16_mixed_training_step_matches_fp32_loss(tmp_path: Path) -> None:
     assert abs(got.item() - expected.item()) <= 0.01 * expected.item()
 
 
-def test_compile_is_in_place_and_keeps_checkpoint_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["unet_bn", "smp_fpn"])
+def test_compile_is_in_place_and_keeps_checkpoint_keys(model: str, tmp_path: Path) -> None:
     """model.compile=true compiles the net in place (lazily: the first forward compiles), so
     checkpoints load with or without it. Compiled-vs-eager logits are measured by
     ``segpets.bench inference.compile=true``, not here (inductor takes ~45 s CPU per shape)."""
-    ref, fast = pair(MODELS["unet_bn"], tmp_path, compile=True)
+    ref, fast = pair(MODELS[model], tmp_path, compile=True)
     assert fast.net._compiled_call_impl is not None
     assert ref.net._compiled_call_impl is None
     assert fast.state_dict().keys() == ref.state_dict().keys()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from segpets.build import build_module, instantiate_or_explain, load_checkpoint
+from segpets.build import instantiate_or_explain, load_checkpoint, module_from_checkpoint
 from segpets.errors import ConfigError
 from segpets.evaluation.ops import hflip_average
 from segpets.trust import trusted_config
@@ -58,8 +58,7 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
 
 def _checkpoint(path: Path, device: str):
     config, state_dict = load_checkpoint(path)
-    module = build_module(config, with_optimizer=False)
-    module.load_state_dict(state_dict)
+    module = module_from_checkpoint(config, state_dict)
     module.eval().to(device)
     return config, lambda x: module(x.to(device)).float().cpu()
 

@@ -96,6 +96,17 @@ class ResNet34UNet(nn.Module):
         self.final_conv = DoubleConv(last // 2, last // 2, batch_norm=True)
         self.head = nn.Conv2d(last // 2, num_classes, kernel_size=1)
 
+    @staticmethod
+    def pretrained_input_stats(model: dict) -> dict[str, list[float]] | None:
+        """The ImageNet mean/std torchvision's ResNet34 weights were trained with (from the
+        weights' own transforms) when ``model.encoder_weights`` is set (``imagenet``, or a
+        local copy of those weights), else ``None``: the ``${segpets.input_stats:...}``
+        resolver behind ``data.mean``/``data.std``."""
+        if model.get("encoder_weights") is None:
+            return None
+        preset = ResNet34_Weights.IMAGENET1K_V1.transforms()
+        return {"mean": list(preset.mean), "std": list(preset.std)}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)  # [H/2, H/4, H/8, H/16, H/32]
         x_dec = features[-1]

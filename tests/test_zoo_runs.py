@@ -1,0 +1,185 @@
+"""Model zoo end to end on the real mini set: a segpets.train run from a local encoder file
+(its statistics recorded in the checkpoint, arch/encoder in TensorBoard's HPARAMS, eval with
+TTA and full resolution reproducing the run's test Dice, resume), ONNX/TorchScript export
+parity at sizes no stride divides, predict from an export, and 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+pytest.importorskip("segmentation_models_pytorch", reason="model zoo: pip install .[zoo]")
+
+from segpets.build import build_module, instantiate_or_explain, load_checkpoint  # noqa: E402
+from segpets.eval import evaluate  # noqa: E402
+from segpets.evaluation.inference import load_model  # noqa: E402
+from segpets.export import PARITY_ATOL, export  # noqa: E402
+from segpets.predict import predict  # noqa: E402
+from segpets.train import train  # noqa: E402
+from tests.conftest import compose_train  # noqa: E402
+from tests.test_ddp import ddp_args, run_to_completion  # noqa: E402
+from tests.test_export import REAL, compose_cfg, real_batch  # noqa: E402
+from tests.test_zoo import STATS, encoder_file  # noqa: E402
+
+MINI_64 = ["data.image_size=64", "data.batch_size=8", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def zoo_run(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One epoch of 3 batches: smp's Unet, resnet18 encoder from a local smp-hub-style file."""
+    out = tmp_path_factory.mktemp("zoo-run")
+    weights = encoder_file(out)
+    overrides = [
+        f"data.root={mini_root}",
+        *MINI_64,
+        "model=smp",
+        "model.encoder_name=resnet18",
+        f"model.encoder_weights={weights}",
+        "model.arch_kwargs={decoder_channels:[64,32,16,16,8]}",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    metrics = train(compose_train(overrides, out))
+    return {"out": out, "overrides": overrides, "metrics": metrics, "weights": weights}
+
+
+@pytest.mark.slow
+def test_run_records_the_encoders_statistics_and_hparams(zoo_run: dict) -> None:
+    config, _ = load_checkpoint(zoo_run["out"] / "checkpoints" / "last.ckpt")
+    assert list(config.data.mean) == STATS["mean"] and list(config.data.std) == STATS["std"]
+    normalize = config.data.eval_transform.transforms[1]
+    assert list(normalize.mean) == STATS["mean"] and list(normalize.std) == STATS["std"]
+    assert config.model.encoder_weights == str(zoo_run["weights"])
+    # what predict feeds the net: (pixel / 255 - mean) / std with the encoder's statistics
+    model = load_model(zoo_run["out"] / "checkpoints" / "last.ckpt")
+    pixel = np.full((8, 8, 3), 200, np.uint8)
+    expected = (200 / 255 - np.array(STATS["mean"])) / np.array(STATS["std"])
+    got = model.preprocess(pixel)[:, 0, 0].numpy()
+    assert got == pytest.approx(expected, abs=1e-3)  # bilinear resize of a flat image
+
+    events = EventAccumulator(str(zoo_run["out"] / "tensorboard")).Reload()
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    assert hparams["model.arch"].string_value == "Unet"
+    assert hparams["model.encoder_name"].string_value == "resnet18"
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_test_dice_with_tta_and_full_res(zoo_run: dict, mini_root: Path):
+    recorded = json.loads((zoo_run["out"] / "test_metrics.json").read_text())
+    args = [f"ckpt_path={recorded['ckpt_path']}", f"data.root={mini_root}", "split=test"]
+    args += ["eval.tta=hflip", "eval.full_res=true", "eval.worst_k=2", "progress_bar=false"]
+    zoo_run["weights"].rename(zoo_run["weights"].with_suffix(".moved"))  # not needed by eval
+    try:
+        out = zoo_run["out"] / "eval"
+        evaluate(compose_cfg("eval", args), out)
+    finally:
+        zoo_run["weights"].with_suffix(".moved").rename(zoo_run["weights"])
+    report = json.loads((out / "metrics.json").read_text())
+    plain = report["metrics_without_tta"]["test/dice"]
+    assert plain == pytest.approx(recorded["metrics"]["test/dice"], abs=1e-4)
+    for key in ("test/dice", "test/full_res/dice", "test/boundary_f1"):
+        assert 0.0 <= report["metrics"][key] <= 1.0
+    assert report["tta"] == "hflip" and len(list((out / "worst").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_resume_continues_the_zoo_run(zoo_run: dict) -> None:
+    last = zoo_run["out"] / "checkpoints" / "last.ckpt"
+    again = zoo_run["out"] / "resumed"
+    overrides = [o for o in zoo_run["overrides"] if not o.startswith("trainer.max_epochs")]
+    cfg = compose_train([*overrides, "trainer.max_epochs=2", f"ckpt_path={last}"], again)
+    train(cfg)
+    resumed = torch.load(again / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 6  # 2 epochs of 3 batches
+
+
+@pytest.fixture(scope="module", params=["Unet", "FPN"])
+def zoo_ckpt(request, mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 steps of smp's ``arch`` with a resnet18 encoder at 64 px, head bias recentred so
+    ~40 % of the pixels are pet (thresholded masks that can differ), saved by a Trainer."""
+    out = tmp_path_factory.mktemp(f"zoo-{request.param}")
+    overrides = [f"data.root={mini_root}", *MINI_64, "model=smp", "model.encoder_name=resnet18"]
+    cfg = compose_train([*overrides, f"model.arch={request.param}"], out)
+    L.seed_everything(0)
+    module = build_module(cfg)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=8,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+    datamodule = instantiate_or_explain(cfg.data, "data")
+    trainer.fit(module, datamodule=datamodule)
+    module.eval()
+    with torch.no_grad():
+        logits = module(next(iter(datamodule.val_dataloader()))["image"])
+        module.net.net.segmentation_head[0].bias -= logits.quantile(0.6)
+    trainer.save_checkpoint(out / "zoo.ckpt")
+    return out / "zoo.ckpt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_zoo_export_parity(fmt: str, zoo_ckpt: Path, mini_root: Path, tmp_path: Path) -> None:
+    output = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
+    export(compose_cfg("export", [f"ckpt_path={zoo_ckpt}", f"format={fmt}", f"output={output}"]))
+    torch_model, exported = load_model(zoo_ckpt), load_model(output)
+    assert exported.config == torch_model.config
+    mean, std = np.array(exported.config.data.mean), np.array(exported.config.data.std)
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        torch.randn(2, 3, 64, 64, generator=gen),  # the traced size
+        torch.randn(3, 3, 97, 131, generator=gen),  # padded to 128×160 inside, cropped back
+        real_batch(mini_root, (64, 64), mean, std),
+        real_batch(mini_root, (112, 144), mean, std),
+    ]
+    for x in batches:
+        ref, got = torch_model.logits(x), exported.logits(x)
+        assert got.shape == ref.shape == (len(x), 1, *x.shape[-2:])
+        assert (got - ref).abs().max().item() <= PARITY_ATOL
+        assert torch.equal(got > 0, ref > 0)
+        assert 0 < (ref > 0).float().mean() < 1
+
+
+@pytest.mark.slow
+def test_zoo_predict_from_onnx_matches_checkpoint(zoo_ckpt: Path, mini_root: Path, tmp_path):
+    onnx_file = tmp_path / "model.onnx"
+    export(compose_cfg("export", [f"ckpt_path={zoo_ckpt}", f"output={onnx_file}"]))
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in REAL:  # photos of other sizes than 64 px: predict resizes, then back
+        (images / f"{name}.jpg").write_bytes((mini_root / "images" / f"{name}.jpg").read_bytes())
+    for model, out in ((zoo_ckpt, "from_ckpt"), (onnx_file, "from_onnx")):
+        args = [f"ckpt_path={model}", f"input={images}", f"output_dir={tmp_path / out}"]
+        assert predict(compose_cfg("predict", [*args, "progress_bar=false"])) == []
+    for name in REAL:
+        a = np.asarray(Image.open(tmp_path / "from_ckpt" / f"{name}_mask.png"))
+        b = np.asarray(Image.open(tmp_path / "from_onnx" / f"{name}_mask.png"))
+        assert a.shape == b.shape and (a == b).all() and 0 < (a > 0).mean() < 1, name
+
+
+@pytest.mark.slow
+def test_zoo_two_process_ddp(mini_root: Path, tmp_path: Path) -> None:
+    """PSPNet leaves two of resnet18's stages unused: DDP (no find_unused_parameters) trains
+    because SmpNet freezes them."""
+    args = [a for a in ddp_args(mini_root, 2) if not a.startswith("model.")]
+    args += ["model=smp", "model.arch=PSPNet", "model.encoder_name=resnet18"]
+    proc = run_to_completion(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    assert proc.stdout.count("test/dice (per-image mean Dice)") == 1
