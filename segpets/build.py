@@ -58,8 +58,9 @@ def build_module(
     if with_optimizer and cfg.get("scheduler"):
         scheduler = instantiate_or_explain(cfg.scheduler, "scheduler", _convert_="partial")
     config = OmegaConf.to_container(cfg, resolve=True)
+    stats = {k: tuple(cfg.data[k]) for k in ("mean", "std") if cfg.get("data") and k in cfg.data}
     return SegmentationModule(
-        net, loss, optimizer, scheduler, config=config, channels_last=fast["channels_last"]
+        net, loss, optimizer, scheduler, config=config, channels_last=fast["channels_last"], **stats
     )
 
 

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from segpets.data.transforms import normalize
 from segpets.metrics import binarize, segmentation_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -21,7 +22,9 @@ class SegmentationModule(L.LightningModule):
     lr-scheduler dict whose ``scheduler`` entry is a partial taking the optimizer (or ``None``).
     ``config`` is the run's resolved config as plain data: it is saved in every checkpoint
     (``hyper_parameters["config"]``) so eval/predict rebuild the exact net and preprocessing,
-    and it is what TensorBoard's hparams tab shows.
+    and it is what TensorBoard's hparams tab shows. ``mean``/``std`` (``data.mean``/``std``)
+    normalise the loader's uint8 images once they are on the device
+    (:meth:`on_after_batch_transfer`).
     """
 
     def __init__(
@@ -32,8 +35,13 @@ class SegmentationModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         channels_last: bool = False,
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
     ) -> None:
         super().__init__()
+        # buffers, so they follow the module to its device; not saved (they are in config)
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32), False)
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32), False)
         self.save_hyperparameters({"config": config or {}})
         # channels_last (NHWC) weights and inputs: faster convolutions on CPU (oneDNN) and on
         # tensor cores; same results within float tolerance (tests/test_fast_paths.py)
@@ -44,6 +52,20 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_config = optimizer, scheduler
         self.val_metrics = segmentation_metrics("val/")
         self.test_metrics = segmentation_metrics("test/")
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) loader images → normalised float (float images unchanged)."""
+        return normalize(images, self.input_mean, self.input_std)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the device: images uint8 → normalised float32, masks uint8 → float32 (the loss
+        and metrics take 0/1/255 floats), so loader workers, pinned memory and the copy move
+        a quarter of the bytes."""
+        if isinstance(batch, dict) and "image" in batch:
+            batch = {**batch, "image": self.normalize(batch["image"])}
+            if "mask" in batch:
+                batch["mask"] = batch["mask"].float()
+        return batch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -108,7 +108,7 @@ def tiny_ckpt(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     # validation pixels are pet, so thresholded masks (parity, TTA, overlays) are not trivial
     module.eval()
     with torch.no_grad():
-        logits = module(next(iter(datamodule.val_dataloader()))["image"])
+        logits = module(module.normalize(next(iter(datamodule.val_dataloader()))["image"]))
         module.net.head.bias -= logits.quantile(0.6)
     trainer.save_checkpoint(out / "tiny.ckpt")
     return out / "tiny.ckpt"

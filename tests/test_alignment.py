@@ -151,7 +151,7 @@ def test_datamodule_samples_keep_masks_on_images(size: int, cache: bool, tmp_pat
         pairs = []
         for _ in range(2 if split == "train" else 1):
             for sample in (dataset[i] for i in range(len(dataset))):
-                image = sample["image"][0].numpy() * 0.5 + 0.5  # mean/std 0.5: back to [0, 1]
+                image = sample["image"][0].numpy() / 255  # uint8 from the loader
                 pairs.append((image, sample["mask"][0].numpy()))
         assert_aligned(pairs, f"{split} {size}px cache={cache}")
 

@@ -57,8 +57,8 @@ def test_masks_are_binary_and_follow_trimap(mini_root: Path, tmp_path: Path) -> 
     assert np.array_equal(mask == 1, (trimap == 1) | (trimap == 3))
     dm = datamodule(mini_root, tmp_path)
     sample = dm.dataset("test")[0]
-    assert sample["image"].shape == (3, 64, 64) and sample["image"].dtype == torch.float32
-    assert sample["mask"].shape == (1, 64, 64)
+    assert sample["image"].shape == (3, 64, 64) and sample["image"].dtype == torch.uint8
+    assert sample["mask"].shape == (1, 64, 64) and sample["mask"].dtype == torch.uint8
     assert set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
     batch = next(iter(dm.train_dataloader()))
     assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
@@ -74,7 +74,7 @@ def test_augmentation_keeps_image_and_mask_aligned(mini_root: Path, tmp_path: Pa
         np.random.seed(seed)
         __import__("random").seed(seed)
         out = dm.train_transform(image=painted, mask=mask)
-        bright = out["image"][0] > 0  # normalised: 255 → ~+1 (jittered), 0 → -1
+        bright = out["image"][0] > 127  # uint8: 255 (jittered), or 0
         agree = (bright == torch.as_tensor(out["mask"]).bool()).float().mean().item()
         assert agree > 0.98, f"seed {seed}: only {agree:.3f} of pixels agree"
 

@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
+from segpets.data.transforms import normalize
 from segpets.metrics import binarize
 
 GROUND_TRUTH_RGB = (0.0, 1.0, 0.0)  # green
@@ -51,18 +52,22 @@ class ValidationImages(L.Callback):
         samples = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
         if not samples:
             return
-        images = torch.stack([s["image"] for s in samples])  # (N, 3, H, W), normalised
+        images = torch.stack([s["image"] for s in samples])  # (N, 3, H, W) uint8 from the loader
         masks = torch.stack([s["mask"] for s in samples]) == 1  # (N, 1, H, W) pet; 255 ignored
+        inputs = normalize(images.to(pl_module.device), pl_module.input_mean, pl_module.input_std)
         with torch.no_grad():
             dtype = next(pl_module.parameters()).dtype  # fp32, or bf16/fp16 for *-true
-            preds = binarize(pl_module(images.to(pl_module.device, dtype))).cpu()
+            preds = binarize(pl_module(inputs.to(dtype))).cpu()
         grid = panel(self._unnormalize(trainer, images), masks, preds)
         for lg in loggers:
             lg.experiment.add_image(self.tag, grid, global_step=trainer.global_step)
 
     @staticmethod
     def _unnormalize(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:
-        """Back to [0, 1] with the data module's mean/std (0.5/0.5 if it has none)."""
+        """[0, 1] images: uint8 / 255, or float ones back through the data module's mean/std
+        (0.5/0.5 if it has none)."""
+        if images.dtype == torch.uint8:
+            return images.float() / 255
         dm = getattr(trainer, "datamodule", None)
         mean = torch.tensor(getattr(dm, "mean", (0.5,) * 3)).view(1, 3, 1, 1)
         std = torch.tensor(getattr(dm, "std", (0.5,) * 3)).view(1, 3, 1, 1)

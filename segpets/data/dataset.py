@@ -116,8 +116,10 @@ def collate_skipping_bad(batch: list[dict | None]) -> dict:
 
 
 class SegmentationDataset(Dataset):
-    """Samples ``{"image": float (3, H, W), "mask": float (1, H, W), "name": str}`` of a
-    :class:`SampleSource`; mask values 0, 1 and 255 (ignored).
+    """Samples ``{"image": uint8 (3, H, W), "mask": uint8 (1, H, W), "name": str}`` of a
+    :class:`SampleSource`; mask values 0, 1 and 255 (ignored). The module normalises images on
+    the device (:func:`segpets.data.transforms.normalize`); a pipeline ending in
+    albumentations' ``Normalize`` gives float images instead, used as they are.
 
     ``transform`` is an albumentations pipeline called as ``transform(image=, mask=)`` that
     ends in ``ToTensorV2``; it is applied jointly so image and mask stay aligned.
@@ -153,6 +155,6 @@ class SegmentationDataset(Dataset):
         out = self.transform(image=image, mask=mask)
         return {
             "image": out["image"],
-            "mask": torch.as_tensor(out["mask"]).unsqueeze(0).float(),
+            "mask": torch.as_tensor(out["mask"]).unsqueeze(0),
             "name": self.names[index],
         }

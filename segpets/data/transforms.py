@@ -1,11 +1,14 @@
-"""Checks on the albumentations pipelines a config builds."""
+"""The albumentations pipelines a config builds: checks on them, and the normalisation that
+follows them on the device."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import albumentations as A
 import cv2
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +47,17 @@ def warn_misaligned_mask_resizes(pipeline: object, key: str) -> None:
             key,
             name,
         )
+
+
+def normalize(
+    images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
+    """Model input from loader images: uint8 (..., 3, H, W) in 0-255 → float32
+    (x − 255·mean) / (255·std) per channel, albumentations' ``Normalize(mean, std,
+    max_pixel_value=255)``; float images (a pipeline that normalised them itself, e.g. an older
+    checkpoint's) come back unchanged. ``mean``/``std``: 3 values each, in 0-1 units."""
+    if images.dtype != torch.uint8:
+        return images
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    return (images.float() - mean * 255) / (std * 255)

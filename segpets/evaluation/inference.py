@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from segpets.build import instantiate_or_explain, load_checkpoint, module_from_checkpoint
+from segpets.data.transforms import normalize
 from segpets.errors import ConfigError
 from segpets.evaluation.ops import hflip_average
 from segpets.trust import trusted_config
@@ -25,7 +26,8 @@ ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
 @dataclass
 class Model:
     """``forward``: normalised (N, 3, h, w) float → (N, 1, h, w) logits; ``transform``: the
-    training run's ``data.eval_transform`` (resize + normalise + to tensor)."""
+    training run's ``data.eval_transform`` (resize + to tensor), then its ``data.mean``/``std``
+    normalisation, as the module applies it on the device."""
 
     config: DictConfig
     forward: Callable[[torch.Tensor], torch.Tensor]
@@ -33,7 +35,8 @@ class Model:
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB → (3, h, w) float, exactly as eval saw its images."""
-        return self.transform(image=image)["image"]
+        tensor = self.transform(image=image)["image"]
+        return normalize(tensor, self.config.data.mean, self.config.data.std)
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
