@@ -9,7 +9,10 @@ timed repeats of ``steps`` steps, each after ``warmup`` untimed steps, with min/
 - ``inference``: eval mode, no grad, NCHW vs channels_last, fp32 vs bf16 autocast (and
   torch.compile with ``inference.compile=true``); ratio = vs fp32 NCHW.
 - ``data``: decode + augment + collate img/s of the train loader per worker count, without and
-  with ``data.cache``; ratio = data img/s ÷ Lightning training img/s (≥ 1: data keeps up).
+  with ``data.cache``, for the uint8 batches segpets loads and the float32 ones it loaded
+  before; ratio = data img/s ÷ Lightning training img/s (≥ 1: data keeps up).
+- ``train`` end to end: ``Trainer.fit`` fed by the real loader as ``data`` configures it;
+  ratio = ÷ the fixed-batch Lightning row (< 1: training waits for data).
 - ``peak``: a measured n×n matmul, the machine's practical peak; GFLOP/img (counted by
   ``torch.utils.flop_counter``) × img/s gives each row's achieved GFLOP/s and fraction of it.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import itertools
 import json
 import logging
@@ -28,7 +32,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from segpets.bench_data import data_rows, end_to_end_rates, end_to_end_row
 from segpets.build import build_module, instantiate_or_explain
 from segpets.cli import entry_point
 from segpets.errors import ConfigError
@@ -167,9 +172,10 @@ def train_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device)
     optimizer = module.optimizer_factory(params=model.parameters())
 
     def plain_step() -> None:
-        # the batch starts on the CPU each step, as it comes from a loader (and to Lightning)
-        images = batch["image"].to(device, non_blocking=True)
-        masks = batch["mask"].to(device, non_blocking=True)
+        # the uint8 batch starts on the CPU each step, as it comes from a loader (and as
+        # Lightning gets it), and is normalised on the device, as the module's hook does
+        images = model.normalize(batch["image"].to(device, non_blocking=True))
+        masks = batch["mask"].to(device, non_blocking=True).float()
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, cfg.precision):
             loss = model.loss(model(images), masks)
@@ -233,43 +239,6 @@ def inference_rows(cfg: DictConfig, net: torch.nn.Module, images: torch.Tensor, 
     return rows
 
 
-def data_rows(cfg: DictConfig) -> list[dict]:
-    """Train-loader img/s (decode/cached read + augment + collate) per worker count."""
-    rows = []
-    for cache, workers in itertools.product(cfg.data_bench.cache, cfg.data_bench.workers):
-        dm = instantiate_or_explain(
-            cfg.data, "data", cache=cache, num_workers=workers, persistent_workers=workers > 0
-        )
-        start = time.perf_counter()
-        dm.dataset("train")  # builds (or finds) the cache entry: excluded from the rates
-        prepared = time.perf_counter() - start
-        batches = _forever(dm.train_dataloader())
-        rates = timed_rates(
-            lambda b=batches: next(b),
-            Timer(torch.device("cpu")),
-            cfg.warmup,
-            cfg.data_bench.batches,
-            cfg.repeats,
-            dm.batch_size,
-        )
-        note = f"cache ready in {prepared:.1f} s" if cache else ""
-        log.info("data cache=%s workers=%d: %.3g img/s", cache, workers, statistics.median(rates))
-        rows.append(
-            {
-                "variant": f"{'cache' if cache else 'no cache'}, {workers} workers",
-                "note": note,
-                **Timer.summary(rates),
-            }
-        )
-        del batches
-    return rows
-
-
-def _forever(loader: DataLoader) -> Iterator[dict]:
-    while True:
-        yield from loader
-
-
 # --- the report --------------------------------------------------------------------------
 def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
     """All benchmark rows (``COLUMNS``) and the machine/run description."""
@@ -283,11 +252,12 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
     L.seed_everything(cfg.seed, verbose=False)
     dm = instantiate_or_explain(cfg.data, "data", num_workers=0)
     batch = next(iter(dm.train_dataloader()))
-    batch = {"image": batch["image"], "mask": batch["mask"]}
+    batch = {"image": batch["image"], "mask": batch["mask"]}  # uint8, as the loader gives it
     module = build_module(cfg)
+    inputs = module.normalize(batch["image"])  # what the net sees
     # counted on an eager twin: a compiled net would be compiled once more for the count's shape
     eager = build_module(OmegaConf.merge(cfg, {"model": {"compile": False}}), with_optimizer=False)
-    fwd_gflop, train_gflop = count_gflops(eager.net, eager.loss, batch["image"][0])
+    fwd_gflop, train_gflop = count_gflops(eager.net, eager.loss, inputs[0])
     peak = {
         d: Timer.summary(matmul_peak(device, DTYPES[d], cfg.peak.n, cfg.peak.repeats))
         for d in cfg.peak.dtypes
@@ -320,7 +290,11 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
                 **_achieved(r, train_gflop, peak_of.get(train_dtype)),
             }
         )
-    inference = inference_rows(cfg, module.net, batch["image"], device)
+    clocks = functools.partial(StepTimes, Timer(device))
+    e2e = end_to_end_rates(cfg, module, device, clocks)
+    e2e_row = end_to_end_row(e2e, lit["img_per_s"], Timer.summary, cfg)
+    rows.append({**e2e_row, **_achieved(e2e_row, train_gflop, peak_of.get(train_dtype))})
+    inference = inference_rows(cfg, module.net, inputs, device)
     base = inference[0]["img_per_s"]
     for r in inference:
         rows.append(
@@ -332,7 +306,11 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
                 **_achieved(r, fwd_gflop, peak_of.get(r.pop("dtype"))),
             }
         )
-    for r in data_rows(cfg):
+
+    def timed_data(step: Callable[[], Any], batches: int, size: int) -> list[float]:
+        return timed_rates(step, Timer(torch.device("cpu")), cfg.warmup, batches, cfg.repeats, size)
+
+    for r in data_rows(cfg, timed_data, Timer.summary):
         note = "; ".join(filter(None, [r.pop("note", ""), "ratio: ÷ Lightning training img/s"]))
         rows.append(
             {"benchmark": "data", **r, "ratio": r["img_per_s"] / lit["img_per_s"], "note": note}

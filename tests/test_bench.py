@@ -28,6 +28,7 @@ TINY = [
     "peak.dtypes=[fp32,bf16]",
     "data_bench.workers=[0,1]",
     "data_bench.batches=2",
+    "data.num_workers=0",  # the end-to-end row's loader
 ]
 
 
@@ -54,12 +55,18 @@ def test_bench_cli_emits_every_row_and_column(tmp_path: Path) -> None:
         ("peak", "matmul 64x64 bf16"),
         ("train", "lightning 32-true"),
         ("train", "plain loop 32-true"),
+        ("train", "lightning end to end 32-true"),
         *(
             ("inference", f"{fmt} {p}")
             for fmt in ("NCHW", "channels_last")
             for p in ("fp32", "bf16")
         ),
-        *(("data", f"{c}, {w} workers") for c in ("no cache", "cache") for w in (0, 1)),
+        *(
+            ("data", f"{c}, {f}, {w} workers")
+            for c in ("no cache", "cache")
+            for f in ("uint8", "float32")
+            for w in (0, 1)
+        ),
     }
     for r in rows:
         low, mid, high = (float(r[k]) for k in ("img_per_s_min", "img_per_s", "img_per_s_max"))
@@ -74,9 +81,15 @@ def test_bench_cli_emits_every_row_and_column(tmp_path: Path) -> None:
     train = {r["variant"]: float(r["img_per_s"]) for r in rows if r["benchmark"] == "train"}
     ratio = next(float(r["ratio"]) for r in rows if r["variant"] == "lightning 32-true")
     assert ratio == pytest.approx(train["lightning 32-true"] / train["plain loop 32-true"])
+    e2e = next(r for r in rows if r["variant"] == "lightning end to end 32-true")
+    assert float(e2e["ratio"]) == pytest.approx(
+        train["lightning end to end 32-true"] / train["lightning 32-true"], rel=1e-6
+    )
+    assert "real loader (0 workers, cache False)" in e2e["note"]
     meta = report["meta"]
     assert meta["model"] == "UNet" and meta["image_size"] == 32 and meta["batch_size"] == 4
-    assert "cache ready in" in next(r["note"] for r in rows if r["variant"] == "cache, 0 workers")
+    note = next(r["note"] for r in rows if r["variant"] == "cache, uint8, 0 workers")
+    assert "cache ready in" in note
 
 
 def test_timed_rates_excludes_warmup() -> None:

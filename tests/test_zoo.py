@@ -169,9 +169,7 @@ def test_statistics_follow_the_weights(tmp_path: Path) -> None:
 
     def stats(*overrides: str) -> tuple[list, list]:
         data = OmegaConf.to_container(compose_train(list(overrides), tmp_path).data, resolve=True)
-        normalize = data["eval_transform"]["transforms"][1]
-        assert (normalize["mean"], normalize["std"]) == (data["mean"], data["std"])
-        return data["mean"], data["std"]
+        return data["mean"], data["std"]  # what the module normalises with (test_uint8_batches)
 
     assert stats("model=smp") == ([0.5] * 3, [0.5] * 3)
     local = f"model.encoder_weights={weights}"
