@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -79,10 +80,7 @@ def check_resolvable(cfg: DictConfig) -> None:
         _drop_hydra_only(failures, raw)  # ${hydra:...} cannot resolve there, and is fine
     if not failures:
         return
-    key = next(
-        (k for k in failures if not any("{" + other in str(raw[k]) for other in failures)),
-        next(iter(failures)),
-    )
+    key = _root_failure(failures, raw)
     err = failures[key]
     own = _segpets_cause(err)
     if own is not None:  # a resolver's own one-line error (segpets.resolvers), said as it is
@@ -91,6 +89,21 @@ def check_resolvable(cfg: DictConfig) -> None:
         raise ConfigError(f"{key}: missing mandatory value; set {key}=...")
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     raise ConfigError(f"{key}: cannot resolve {raw[key]!r}: {detail}")
+
+
+def _root_failure(failures: dict[str, OmegaConfBaseException], raw: dict[str, Any]) -> str:
+    """Of the keys that fail to resolve, the one whose own value is the cause: ``???``, or a
+    value holding what the error names (the unset variable, the missing key); else one that
+    interpolates no other failing key. Keys that only follow it (an interpolation, or a
+    resolver reading other keys) are not named."""
+    for key, err in failures.items():
+        named = re.findall(r"'([^']+)'", str(err).strip().split("\n")[0])
+        if raw[key] == "???" or any(name in str(raw[key]) for name in named):
+            return key
+    return next(
+        (k for k in failures if not any("{" + other in str(raw[k]) for other in failures)),
+        next(iter(failures)),
+    )
 
 
 def _segpets_cause(err: BaseException | None) -> SegpetsError | None:
