@@ -288,7 +288,7 @@ def test_config_row(override: str, pets: Path, tmp_path: Path, monkeypatch, capf
 
 @pytest.mark.parametrize(
     "override,choices",
-    [("model=nope", "res34_unet, unet"), ("optimizer=adam,nope", "adam, adamw, sgd")],
+    [("model=nope", "res34_unet, smp, unet"), ("optimizer=adam,nope", "adam, adamw, sgd")],
 )
 def test_unknown_group_option_lists_the_choices(override, choices, tmp_path, monkeypatch, capfd):
     code, err = cli(segpets.train.main, [override], tmp_path, monkeypatch, capfd)
