@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +11,13 @@ import torch
 from torch import nn
 
 from segpets.data.transforms import normalize
+from segpets.evaluation.ops import hflip_average
 from segpets.metrics import binarize, segmentation_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+# Lightning says so on every run that has a DataModule; the module's hook is the one meant
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
 
 
 class SegmentationModule(L.LightningModule):
@@ -50,6 +55,7 @@ class SegmentationModule(L.LightningModule):
             net = net.to(memory_format=torch.channels_last)
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_config = optimizer, scheduler
+        self.test_tta: str | None = None  # "hflip": test with flip TTA (train's test_tta)
         self.val_metrics = segmentation_metrics("val/")
         self.test_metrics = segmentation_metrics("test/")
 
@@ -73,7 +79,10 @@ class SegmentationModule(L.LightningModule):
         return self.net(images)
 
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["image"])
+        if stage == "test" and self.test_tta == "hflip":  # mean probability with the mirror's
+            logits = hflip_average(self, batch["image"])
+        else:
+            logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
         on_step = stage == "train"
         self.log(

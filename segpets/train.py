@@ -20,6 +20,7 @@ from segpets.cli import entry_point
 from segpets.config_checks import check_launch, check_resolvable, check_values
 from segpets.distributed import check_eval_shards, without_cpu_sync_batchnorm
 from segpets.errors import ConfigError
+from segpets.evaluation.ops import check_tta
 from segpets.runlog import accept_run, task_run
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_launch()
     check_resolvable(cfg)
     check_values(cfg)
+    check_tta(cfg.get("test_tta"), "test_tta")
     if not (cfg.get("train") or cfg.get("test")):
         raise ConfigError("train=false test=false: nothing to do")
     if cfg.get("seed") is not None:
@@ -74,6 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test"):
         tested = _best_checkpoint(trainer) if cfg.get("train") else str(ckpt_path)
         with exit_code_on_preemption(trainer):
+            module.test_tta = cfg.get("test_tta")
             metrics.update(_test(trainer, module, datamodule, tested))
     _log_hparams(cfg, trainer, metrics)
     return metrics
@@ -122,9 +125,12 @@ def _test(
     results = _floats(results[0])
     if trainer.is_global_zero:
         out = Path(trainer.default_root_dir) / "test_metrics.json"
-        out.write_text(json.dumps({"ckpt_path": ckpt or None, "metrics": results}, indent=2))
+        tta = getattr(module, "test_tta", None)
+        record = {"ckpt_path": ckpt or None, "tta": tta, "metrics": results}
+        out.write_text(json.dumps(record, indent=2))
         print(
-            f"test/dice (per-image mean Dice) = {results.get('test/dice', float('nan')):.4f}"
+            f"test/dice (per-image mean Dice{', hflip TTA' if tta else ''}) = "
+            f"{results.get('test/dice', float('nan')):.4f}"
             f"  [checkpoint: {ckpt or 'in-memory weights'}; all metrics: {out}]"
         )
     return results
