@@ -169,7 +169,7 @@ def _write_breakdown(collector: EvalCollector, datamodule, out: Path, logger) ->
     write_csv(out / "per_image.csv", sorted(records, key=lambda r: (r["dice"], r["name"])))
     for column in dict.fromkeys(c for r in labels.values() for c in r):
         write_csv(out / f"per_{column}.csv", group_rows(records, column))
-    panels = collector.worst_panels()
+    panels = collector.worst_panels(labels)
     if panels:
         (out / "worst").mkdir(exist_ok=True)
     for rank, (name, dice, panel) in enumerate(panels, 1):

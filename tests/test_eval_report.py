@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 from torch import nn
 
 from segpets.data import read_split
 from segpets.evaluation.collector import per_image_dice
 from segpets.evaluation.ops import HFlipTTA, hflip_average
-from segpets.evaluation.report import group_rows, overlay_panel, species_and_breeds
+from segpets.evaluation.report import (
+    captioned_panel,
+    group_rows,
+    overlay_panel,
+    species_and_breeds,
+)
 from segpets.metrics import PerImageBoundaryF1, boundary, boundary_f1
 from segpets.models import UNet
 from tests.conftest import CONFIG_DIR
@@ -163,6 +169,10 @@ def test_eval_report_full_res_tta_and_repeatability(tiny_ckpt: Path, mini_root, 
     }
     worst = sorted(p.name for p in (first / "worst").iterdir())
     assert len(worst) == 3 and worst[0].startswith("01_" + per_image[0]["name"])
+    # drawn at the original resolution (the checkpoint ran at 32 px), under a caption bar
+    original = Image.open(mini_root / "images" / f"{per_image[0]['name']}.jpg")
+    panel = np.asarray(Image.open(first / "worst" / worst[0]))
+    assert panel.shape[0] > original.height and panel.shape[1] == 3 * original.width + 8
     assert list((first / "tensorboard").glob("events.out.tfevents.*"))
 
     # the same checkpoint again, without TTA: identical to the first run's no-TTA pass
@@ -171,3 +181,16 @@ def test_eval_report_full_res_tta_and_repeatability(tiny_ckpt: Path, mini_root, 
     assert metrics == {k: v for k, v in report["metrics_without_tta"].items() if k in metrics}
     assert "val/dice" in metrics and "val/full_res/dice" not in metrics
     assert not (second / "worst").exists()
+
+
+def test_captioned_panel_scales_small_images_up_and_writes_its_caption() -> None:
+    image = np.zeros((30, 40, 3), np.uint8)
+    truth = np.zeros((30, 40), bool)
+    truth[10:20, 10:30] = True
+    panel = captioned_panel(image, truth, truth, "Abyssinian_1, cat, Abyssinian: Dice 0.500")
+    bar = panel.shape[0] - 256
+    assert panel.shape[1:] == (3 * round(40 * 256 / 30) + 8, 3) and bar >= 21
+    assert (panel[:bar] < 128).any()  # the caption's text is drawn in black on white
+    gt = panel[bar:, round(40 * 256 / 30) + 4]  # left column of the scaled ground truth
+    assert gt.shape[0] == 256 and (panel[bar + 128, 341 + 4 + 170] == 255).all()
+    assert captioned_panel(image, truth, truth, "other")[:bar].tolist() != panel[:bar].tolist()

@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import binary_f1_score
 from segpets.data.dataset import SampleSource
 from segpets.data.files import IGNORE_INDEX
 from segpets.evaluation.ops import resize_logits
-from segpets.evaluation.report import overlay_panel
+from segpets.evaluation.report import captioned_panel
 from segpets.metrics import PerImageBoundaryF1, binarize, segmentation_metrics
 
 
@@ -88,7 +88,7 @@ class EvalCollector(L.Callback):
             if self.full_res:
                 rec.update(self._score_full_res(logits[i : i + 1], name))
             self.records.append(rec)
-        self._keep_worst(dice, batch, preds, truth)
+        self._keep_worst(dice, batch, logits)
 
     @staticmethod
     def _update(metric: PerImageBoundaryF1, preds: torch.Tensor, truth: torch.Tensor):
@@ -104,20 +104,13 @@ class EvalCollector(L.Callback):
         bf1 = self._update(self.full_boundary, preds, mask)
         return {"dice_full_res": float(dice[0]), "boundary_f1_full_res": float(bf1[0])}
 
-    def _keep_worst(self, dice, batch, preds, truth) -> None:
+    def _keep_worst(self, dice, batch, logits) -> None:
+        """Keep the eval-size logits of the ``worst_k`` lowest-Dice images; their panels are
+        drawn from the original files (:meth:`worst_panels`)."""
         if self.worst_k <= 0:
             return
-        images = (batch["image"].detach().float().cpu() * self.std + self.mean).clamp(0, 1)
         for i, name in enumerate(batch["name"]):
-            self.worst.append(
-                {
-                    "name": name,
-                    "dice": float(dice[i]),
-                    "image": (images[i].permute(1, 2, 0) * 255).round().byte().numpy(),
-                    "truth": (truth[i, 0] == 1).numpy(),
-                    "pred": preds[i, 0].bool().numpy(),
-                }
-            )
+            self.worst.append({"name": name, "dice": float(dice[i]), "logits": logits[i : i + 1]})
         self.worst = sorted(self.worst, key=lambda w: (w["dice"], w["name"]))[: self.worst_k]
 
     # --- results ------------------------------------------------------------------------
@@ -139,9 +132,24 @@ class EvalCollector(L.Callback):
             "dice_without_empty_truth": sum(others) / len(others) if others else float("nan"),
         }
 
-    def worst_panels(self) -> list[tuple[str, float, np.ndarray]]:
-        """(name, Dice, overlay panel) of the worst images, worst first."""
-        return [
-            (w["name"], w["dice"], overlay_panel(w["image"], w["truth"], w["pred"]))
-            for w in self.worst
-        ]
+    def worst_panels(
+        self, labels: dict[str, dict[str, str]] | None = None
+    ) -> list[tuple[str, float, np.ndarray]]:
+        """(name, Dice, panel) of the worst images, worst first. Each panel shows the original
+        image | its original mask | the prediction (logits resized to the original size) at
+        the original resolution (short side at least 256 px), captioned with the name, the
+        sample's labels (e.g. breed and species) and its Dice: the eval-size Dice that ranks
+        it and, for the prediction drawn, the Dice at the original size."""
+        panels = []
+        for w in self.worst:
+            image, mask = self.source.load_pair(w["name"])  # (H, W, 3), (H, W) uint8
+            pred = binarize(resize_logits(w["logits"], mask.shape))[0, 0].bool().numpy()
+            full = per_image_dice(
+                torch.from_numpy(pred).long()[None, None], torch.from_numpy(mask).long()[None, None]
+            )
+            labels_text = "".join(f", {v}" for v in (labels or {}).get(w["name"], {}).values())
+            caption = (
+                f"{w['name']}{labels_text}: Dice {w['dice']:.3f} (original size {full[0]:.3f})"
+            )
+            panels.append((w["name"], w["dice"], captioned_panel(image, mask == 1, pred, caption)))
+        return panels

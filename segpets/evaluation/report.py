@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from segpets.data.files import read_lines
 
@@ -74,6 +74,30 @@ def overlay_panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
     gt = np.repeat((truth * 255).astype(np.uint8)[..., None], 3, axis=2)
     return np.concatenate([image, gap, gt, gap, blended], axis=1)
+
+
+def captioned_panel(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, caption: str, min_side: int = 256
+) -> np.ndarray:
+    """:func:`overlay_panel` at the image's own resolution (scaled up so its short side is at
+    least ``min_side`` px: image bicubic, masks nearest) under a white caption bar whose text
+    is ~1/16 of the panel height (at least 14 px): (H, W, 3) uint8 and two (H, W) bool →
+    (H' + bar, 3W' + 8, 3) uint8."""
+    height, width = truth.shape
+    scale = max(1.0, min_side / min(height, width))
+    if scale > 1.0:
+        size = (round(width * scale), round(height * scale))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+        truth, pred = (
+            np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST))
+            for m in (truth, pred)
+        )
+    panel = overlay_panel(image, truth, pred)
+    font_px = max(14, panel.shape[0] // 16)
+    bar = Image.new("RGB", (panel.shape[1], font_px * 3 // 2), "white")
+    font = ImageFont.load_default(size=font_px)
+    ImageDraw.Draw(bar).text((font_px // 2, font_px // 4), caption, fill="black", font=font)
+    return np.concatenate([np.asarray(bar), panel], axis=0)
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
