@@ -91,3 +91,21 @@ def test_gpu_trainers_bring_loader_defaults(trainer, devices, workers, tmp_path,
     assert (mine.data.num_workers, mine.data.cache) == (2, False)
     plain = compose_train(["trainer=cpu"], tmp_path)
     assert not plain.data.cache and not plain.data.pin_memory
+
+
+def _recipe_rows() -> list[tuple[str, str, list[str]]]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "recipe_table", Path(__file__).parents[1] / "scripts" / "recipe_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [(d, n, o) for d, rows in module.ROWS.items() for n, (_, o) in rows.items()]
+
+
+@pytest.mark.parametrize(("device", "name", "overrides"), _recipe_rows())
+def test_recipe_table_rows_compose(device, name, overrides, tmp_path: Path) -> None:
+    """Every command scripts/recipe_table.py runs composes with today's configs."""
+    cfg = compose_train([*overrides, "data.root=../shared/data/oxford-pet-24"], tmp_path)
+    assert cfg.task_name == name if name != "quickstart" else cfg.data.root.endswith("pet-24")
