@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from segpets.bench_data import data_rows, end_to_end_rates, end_to_end_row
+from segpets.bench_data import data_rows, end_to_end_rates, end_to_end_row, timed_trainer
 from segpets.build import build_module, instantiate_or_explain
 from segpets.cli import entry_point
 from segpets.errors import ConfigError
@@ -185,20 +185,7 @@ def train_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device)
     lightning, plain = [], []
     for _ in range(cfg.repeats):
         clock = StepTimes(timer, marks={cfg.warmup - 1, cfg.warmup + cfg.steps - 1})
-        trainer = L.Trainer(
-            accelerator=device.type,
-            devices=1,
-            precision=cfg.precision,
-            max_steps=cfg.warmup + cfg.steps,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[clock],
-            default_root_dir=cfg.paths.output_dir,
-        )
+        trainer = timed_trainer(cfg, device, clock)
         loader = DataLoader(FixedBatch(batch, cfg.warmup + cfg.steps), batch_size=None)
         trainer.fit(module, train_dataloaders=loader)
         first, last = clock.times

@@ -80,6 +80,26 @@ def _forever(loader: DataLoader) -> Iterator[dict]:
         yield from loader
 
 
+def timed_trainer(cfg: DictConfig, device: torch.device, clock: L.Callback) -> L.Trainer:
+    """A bare ``Trainer`` for ``cfg.warmup + cfg.steps`` training steps on one ``device``, at
+    ``cfg.precision``, with ``clock`` as its only callback: no validation, logger,
+    checkpointing, progress bar or summary, so only the loop's own cost is timed."""
+    return L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=cfg.precision,
+        max_steps=cfg.warmup + cfg.steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        default_root_dir=cfg.paths.output_dir,
+    )
+
+
 def end_to_end_rates(
     cfg: DictConfig, module: L.LightningModule, device: torch.device, clock_factory: Callable
 ) -> list[float]:
@@ -91,21 +111,7 @@ def end_to_end_rates(
     dm.dataset("train")  # pre-scan and cache build: not training time
     for _ in range(cfg.repeats):
         clock = clock_factory(marks={cfg.warmup - 1, cfg.warmup + cfg.steps - 1})
-        trainer = L.Trainer(
-            accelerator=device.type,
-            devices=1,
-            precision=cfg.precision,
-            max_steps=cfg.warmup + cfg.steps,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[clock],
-            default_root_dir=cfg.paths.output_dir,
-        )
-        trainer.fit(module, train_dataloaders=dm.train_dataloader())
+        timed_trainer(cfg, device, clock).fit(module, train_dataloaders=dm.train_dataloader())
         first, last = clock.times
         rates.append(cfg.steps * dm.batch_size / (last - first))
     return rates

@@ -77,24 +77,19 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
-@pytest.fixture(scope="session")
-def tiny_ckpt(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A width-4 UNet trained for 8 steps at 64 px on the mini set (head bias recentred),
-    saved by a Trainer with the real training config inside (eval/predict/export tests)."""
+def fit_steps(cfg: DictConfig, out: Path, steps: int = 8):
+    """(trainer, module in eval mode, its logits on the first validation batch) after
+    ``steps`` training steps of the composed ``cfg`` on the CPU, seed 0, without validation."""
     import lightning as L
     import torch
 
     from segpets.build import build_module, instantiate_or_explain
 
-    out = tmp_path_factory.mktemp("tiny-ckpt")
-    overrides = [f"data.root={mini_root}", "model.width=4", "model.batch_norm=true"]
-    overrides += ["data.image_size=64", "data.batch_size=8", "data.num_workers=0"]
-    cfg = compose_train(overrides, out)
     L.seed_everything(0)
     module = build_module(cfg)
     trainer = L.Trainer(
         accelerator="cpu",
-        max_steps=8,
+        max_steps=steps,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -104,11 +99,26 @@ def tiny_ckpt(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     )
     datamodule = instantiate_or_explain(cfg.data, "data")
     trainer.fit(module, datamodule=datamodule)
-    # 8 steps leave every pixel on one side of 0; shift the head's bias so ~40% of the
-    # validation pixels are pet, so thresholded masks (parity, TTA, overlays) are not trivial
     module.eval()
     with torch.no_grad():
-        logits = module(module.normalize(next(iter(datamodule.val_dataloader()))["image"]))
+        batch = next(iter(datamodule.val_dataloader()))
+        return trainer, module, module(module.normalize(batch["image"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A width-4 UNet trained for 8 steps at 64 px on the mini set (head bias recentred),
+    saved by a Trainer with the real training config inside (eval/predict/export tests)."""
+    import torch
+
+    out = tmp_path_factory.mktemp("tiny-ckpt")
+    overrides = [f"data.root={mini_root}", "model.width=4", "model.batch_norm=true"]
+    overrides += ["data.image_size=64", "data.batch_size=8", "data.num_workers=0"]
+    cfg = compose_train(overrides, out)
+    trainer, module, logits = fit_steps(cfg, out)
+    # 8 steps leave every pixel on one side of 0; shift the head's bias so ~40% of the
+    # validation pixels are pet, so thresholded masks (parity, TTA, overlays) are not trivial
+    with torch.no_grad():
         module.net.head.bias -= logits.quantile(0.6)
     trainer.save_checkpoint(out / "tiny.ckpt")
     return out / "tiny.ckpt"

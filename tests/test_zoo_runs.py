@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -18,13 +17,13 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 pytest.importorskip("segmentation_models_pytorch", reason="model zoo: pip install .[zoo]")
 
-from segpets.build import build_module, instantiate_or_explain, load_checkpoint  # noqa: E402
+from segpets.build import load_checkpoint  # noqa: E402
 from segpets.eval import evaluate  # noqa: E402
 from segpets.evaluation.inference import load_model  # noqa: E402
 from segpets.export import PARITY_ATOL, export  # noqa: E402
 from segpets.predict import predict  # noqa: E402
 from segpets.train import train  # noqa: E402
-from tests.conftest import compose_train  # noqa: E402
+from tests.conftest import compose_train, fit_steps  # noqa: E402
 from tests.test_ddp import ddp_args, run_to_completion  # noqa: E402
 from tests.test_export import REAL, compose_cfg, real_batch  # noqa: E402
 from tests.test_zoo import STATS, encoder_file  # noqa: E402
@@ -109,23 +108,8 @@ def zoo_ckpt(request, mini_root: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp(f"zoo-{request.param}")
     overrides = [f"data.root={mini_root}", *MINI_64, "model=smp", "model.encoder_name=resnet18"]
     cfg = compose_train([*overrides, f"model.arch={request.param}"], out)
-    L.seed_everything(0)
-    module = build_module(cfg)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=8,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
-    )
-    datamodule = instantiate_or_explain(cfg.data, "data")
-    trainer.fit(module, datamodule=datamodule)
-    module.eval()
+    trainer, module, logits = fit_steps(cfg, out)
     with torch.no_grad():
-        logits = module(module.normalize(next(iter(datamodule.val_dataloader()))["image"]))
         module.net.net.segmentation_head[0].bias -= logits.quantile(0.6)
     trainer.save_checkpoint(out / "zoo.ckpt")
     return out / "zoo.ckpt"
