@@ -28,7 +28,9 @@ def main() -> None:
     names = read_split(args.root / "annotations" / "trainval.txt")
     cats, dogs = [n for n in names if n[0].isupper()], [n for n in names if n[0].islower()]
     chosen = cats[: args.count // 2] + dogs[: args.count - args.count // 2]
-    (args.out / "images").mkdir(parents=True, exist_ok=False)
+    if args.out.exists():  # never mix into (or overwrite) a folder the user already has
+        parser.exit(2, f"segpets: error: '{args.out}' already exists; give a new folder\n")
+    (args.out / "images").mkdir(parents=True)
     (args.out / "masks").mkdir()
     groups = ["stem,group"]
     for name in chosen:

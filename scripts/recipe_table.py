@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 CPU_SMALL = ["data.num_workers=0", "data.persistent_workers=false", "data.cache=true"]
 REDUCED_64 = ["trainer=cpu", "data.image_size=64", "data.batch_size=8", *CPU_SMALL]
 
@@ -88,7 +90,9 @@ def run_row(name: str, overrides: list[str], data: str, out: Path) -> dict:
         import torch
 
         epochs = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
-    return {"rc": rc, "wall": wall, "dice": dice, "epochs": epochs, "cmd": cmd[1:]}
+    saved = run_dir / ".hydra" / "config.yaml"
+    size = yaml.safe_load(saved.read_text())["data"]["image_size"] if saved.is_file() else None
+    return {"rc": rc, "wall": wall, "dice": dice, "epochs": epochs, "size": size}
 
 
 def main() -> None:
@@ -101,20 +105,21 @@ def main() -> None:
     rows = {k: v for k, v in ROWS[args.device].items() if not args.rows or k in args.rows}
     if args.list:
         for name, (label, overrides) in rows.items():
-            print(f"{name}: {label}\n  python -m segpets.train {' '.join(overrides)}")
+            command = " ".join(["python -m segpets.train", *overrides, f"data.root={args.data}"])
+            print(f"{name}: {label}\n  {command}")
         return
     out = Path("outputs/recipe_table") / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True)
     lines = [
-        "| experiment | command | device | epochs | wall time | per-image test Dice |",
-        "|---|---|---|---|---|---|",
+        "| experiment | command | device | image size | epochs | wall time | per-image test Dice |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, (label, overrides) in rows.items():
         r = run_row(name, overrides, args.data, out)
         dice = f"{r['dice']:.4f}" if r["dice"] is not None else f"failed (rc {r['rc']})"
         lines.append(
             f"| {label} | `python -m segpets.train {' '.join(overrides)} "
-            f"data.root={args.data}` | {args.device} | {r['epochs']} | "
+            f"data.root={args.data}` | {args.device} | {r['size']} | {r['epochs']} | "
             f"{r['wall']:.0f} s | {dice} |"
         )
         print(lines[-1], flush=True)

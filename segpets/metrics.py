@@ -91,6 +91,23 @@ def boundary(mask: torch.Tensor) -> torch.Tensor:
     return (foreground & (F.max_pool2d(background, 3, stride=1, padding=1) > 0)).float()
 
 
+def fill_ignored(mask: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
+    """Binary (N, 1, H, W) ``mask`` with its ``ignored`` pixels (bool, same shape) filled from
+    the nearest pixels that are not ignored, ring by ring: each takes the majority of its known
+    8-neighbours (ties: foreground). The values under ``ignored`` are never read; a region of
+    the image with no known pixel stays 0."""
+    value, known = torch.where(ignored, 0.0, (mask == 1).float()), (~ignored).float()
+    ones = torch.ones(1, 1, 3, 3, dtype=value.dtype, device=value.device)
+    while True:
+        count = F.conv2d(known, ones, padding=1)
+        new = (known == 0) & (count > 0)
+        if not new.any():
+            return value
+        votes = F.conv2d(value * known, ones, padding=1) / count.clamp(min=1)
+        value = torch.where(new, (votes >= 0.5).float(), value)
+        known = torch.where(new, 1.0, known)
+
+
 def boundary_f1(preds: torch.Tensor, target: torch.Tensor, tolerance: int) -> torch.Tensor:
     """(N,) boundary F1 (the BF score of Csurka et al. 2013) of binary (N, 1, H, W) masks.
 
@@ -98,9 +115,12 @@ def boundary_f1(preds: torch.Tensor, target: torch.Tensor, tolerance: int) -> to
     distance) of a true contour pixel; recall: the converse; BF = 2PR / (P + R). Both contours
     empty scores 1, exactly one empty scores 0. Unlike Dice it is not dominated by the
     interior, so it shows blurry or shifted outlines. Pixels whose target is ``IGNORE_INDEX``
-    count as not pet in both masks, so what is predicted there changes nothing.
+    are filled in both masks from their nearest scored pixels (:func:`fill_ignored`), so what
+    is predicted there changes nothing and an ignored band (e.g. Oxford's trimap border with
+    ``data.border=ignore``) holds each mask's contour where its own sides meet.
     """
-    preds = torch.where(target == IGNORE_INDEX, 0, preds)
+    ignored = target == IGNORE_INDEX
+    preds, target = fill_ignored(preds, ignored), fill_ignored(target, ignored)
     pred_b, true_b = boundary(preds), boundary(target)
     size = 2 * tolerance + 1
     near_true = F.max_pool2d(true_b, size, stride=1, padding=tolerance)

@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def usable_cpus() -> int:
@@ -27,14 +27,36 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def loader_workers(processes: int | str = 1) -> int:
+def device_count(devices: Any) -> int:
+    """Processes a Lightning ``trainer.devices`` value starts on one machine: an int n > 0 →
+    n; ``-1``/``"auto"`` → every visible GPU (at least 1); a list of indices or a string
+    like ``"0,1"`` → how many it names; ``"2"`` → 2."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            devices = -1
+        elif "," in text:
+            return max(1, len([d for d in text.split(",") if d.strip()]))
+        else:
+            devices = int(text)
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return max(1, len(devices))
+    if int(devices) == -1:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return max(1, int(devices))
+
+
+def loader_workers(devices: Any = 1) -> int:
     """Workers per training process: its share of the usable CPUs, one left for the process
-    itself (at least 1): 16 CPUs and 1 GPU → 15; 16 CPUs and 4 GPUs → 3."""
-    share = usable_cpus() // max(1, int(processes))
+    itself (at least 1): 16 CPUs and 1 GPU → 15; 16 CPUs and 4 GPUs → 3. ``devices`` is any
+    ``trainer.devices`` value (:func:`device_count`)."""
+    share = usable_cpus() // device_count(devices)
     return max(1, share - 1)
 
 
-def input_stats(which: str, default: Any, *, _root_: DictConfig) -> list[float]:
+def input_stats(which: str, default: Any, *, _root_: DictConfig) -> ListConfig:
     """``data.mean`` (``which="mean"``) or ``data.std`` for the model ``_root_.model`` builds
     (module docstring). An unknown ``model._target_`` gives ``default``: building the model
     reports it, naming the key."""
@@ -47,7 +69,8 @@ def input_stats(which: str, default: Any, *, _root_: DictConfig) -> list[float]:
     except Exception:  # not importable: left to building 'model'
         hook = None
     stats = hook(OmegaConf.to_container(model, resolve=True)) if hook else None
-    return list(stats[which]) if stats else list(default)
+    # a ListConfig, not a list: OmegaConf.resolve (Hydra's --cfg job --resolve) refuses lists
+    return OmegaConf.create([float(v) for v in (stats[which] if stats else default)])
 
 
 def register() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,11 +56,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate_or_explain(cfg.data, "data")
     module = build_module(cfg)
     best = BestMetric(cfg.optimized_metric) if cfg.get("optimized_metric") else None
+    loggers = build_loggers(cfg.get("logger"))
+    callbacks = [*build_callbacks(cfg.get("callbacks")), *([best] if best else [])]
+    if not loggers:  # logger=none: nothing to log learning rates to (Lightning would refuse)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate_or_explain(
         without_cpu_sync_batchnorm(cfg.trainer),
         "trainer",
-        callbacks=[*build_callbacks(cfg.get("callbacks")), *([best] if best else [])],
-        logger=build_loggers(cfg.get("logger")) or False,
+        callbacks=callbacks,
+        logger=loggers or False,
     )
     ckpt_path = _check_before_fit(cfg, module, datamodule, trainer)
     accept_run()  # every check that can refuse has passed: the run's record is written now

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from segpets.build import build_callbacks, build_loggers, build_module
@@ -71,14 +72,27 @@ def test_cosine_scheduler_follows_max_epochs(tmp_path: Path) -> None:
     assert cfg.scheduler.scheduler.T_max == 7
 
 
-@pytest.mark.parametrize(("trainer", "devices", "workers"), [("gpu", 1, 15), ("ddp", 4, 3)])
+@pytest.mark.parametrize(
+    ("trainer", "devices", "workers"),
+    [
+        ("gpu", 1, 15),
+        ("ddp", 4, 3),
+        ("ddp", "[0,1]", 7),
+        ("ddp", "'0,1,2,3'", 3),
+        ("ddp", "auto", 7),  # 2 visible GPUs pretended
+        ("ddp", -1, 7),
+        ("gpu", "'1'", 15),
+    ],
+)
 def test_gpu_trainers_bring_loader_defaults(trainer, devices, workers, tmp_path, monkeypatch):
     """trainer=gpu/ddp: a worker per spare CPU (per process), persistent workers, pinned
     memory, the cache, and (gpu) bf16 + channels_last — unless the command line says
-    otherwise. 16 usable CPUs are pretended."""
+    otherwise; any Lightning ``devices`` value (int, -1, "auto", a list, "0,1"). 16 usable
+    CPUs are pretended."""
     from segpets import resolvers
 
     monkeypatch.setattr(resolvers, "usable_cpus", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cfg = compose_train([f"trainer={trainer}", f"trainer.devices={devices}"], tmp_path)
     data = cfg.data
     assert (data.num_workers, data.persistent_workers, data.pin_memory, data.cache) == (
@@ -109,3 +123,14 @@ def test_recipe_table_rows_compose(device, name, overrides, tmp_path: Path) -> N
     """Every command scripts/recipe_table.py runs composes with today's configs."""
     cfg = compose_train([*overrides, "data.root=../shared/data/oxford-pet-24"], tmp_path)
     assert cfg.task_name == name if name != "quickstart" else cfg.data.root.endswith("pet-24")
+
+
+@pytest.mark.parametrize("overrides", [[], ["trainer=gpu"], ["model=smp"]])
+def test_config_resolves_whole(overrides, tmp_path: Path) -> None:
+    """`python -m segpets.train --cfg job --resolve` (OmegaConf.resolve) works: segpets'
+    resolvers return values OmegaConf can store (input statistics as a ListConfig)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_train(overrides, tmp_path)
+    OmegaConf.resolve(cfg)
+    assert len(cfg.data.mean) == 3 and isinstance(cfg.data.num_workers, int)

@@ -194,3 +194,13 @@ def test_captioned_panel_scales_small_images_up_and_writes_its_caption() -> None
     gt = panel[bar:, round(40 * 256 / 30) + 4]  # left column of the scaled ground truth
     assert gt.shape[0] == 256 and (panel[bar + 128, 341 + 4 + 170] == 255).all()
     assert captioned_panel(image, truth, truth, "other")[:bar].tolist() != panel[:bar].tolist()
+
+
+def test_captioned_panel_keeps_a_long_caption_inside_a_portrait_panel() -> None:
+    """A 334×500 photo (american_bulldog_203 of oxford-pet-24) and a long caption: the text is
+    broken and shrunk to fit, never cut at the panel's right edge."""
+    image, truth = np.full((500, 334, 3), 128, np.uint8), np.zeros((500, 334), bool)
+    caption = "american_bulldog_203, dog, american_bulldog: Dice 0.155 (original size 0.155)"
+    panel = captioned_panel(image, truth, truth, caption)
+    bar = panel[: panel.shape[0] - 500]
+    assert (bar < 128).any() and (bar[:, -8:] == 255).all()  # drawn, and clear of the edge

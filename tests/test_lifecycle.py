@@ -240,3 +240,13 @@ def test_the_refusal_names_a_resume_override_that_works(tmp_path, monkeypatch, c
     assert code == 0, err[-3000:]
     (resumed,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_logger_none_trains_without_the_learning_rate_monitor(tmp_path: Path) -> None:
+    """logger=none (a shipped option): Lightning refuses a LearningRateMonitor without a
+    logger, so the run drops it and trains, tests and writes its record as usual."""
+    cfg = compose_train([*TINY_SYNTHETIC, "logger=none", "trainer.max_epochs=1"], tmp_path)
+    assert "lr_monitor" in cfg.callbacks
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/dice"] <= 1.0
+    assert report_of(tmp_path)["metrics"]["test/dice"] == pytest.approx(metrics["test/dice"])

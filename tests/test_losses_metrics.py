@@ -165,3 +165,21 @@ def test_boundary_f1_ignores_predictions_on_ignored_pixels() -> None:
         pred = torch.where(target == IGN, ring, square)
         scores.append(boundary_f1(pred, target, tolerance=0).item())
     assert scores == [1.0, 1.0]
+
+
+def test_boundary_f1_gives_no_contour_to_a_prediction_without_one() -> None:
+    """A disc inside a 4-px ignored ring (a trimap border with data.border=ignore): predicting
+    pet everywhere has no contour, so boundary F1 is 0, as without the ring (the old rule,
+    ring = not pet in the prediction, drew the true contour into it: 0.5625); the disc itself
+    still scores 1."""
+    from segpets.metrics import boundary_f1
+
+    yy, xx = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
+    radius = ((yy - 20) ** 2 + (xx - 20) ** 2).float().sqrt()
+    target = torch.where(radius < 10, 1, 0)
+    target = torch.where((radius >= 10) & (radius < 14), IGN, target)[None, None]
+    everything = torch.ones_like(target)
+    assert boundary_f1(everything, target, tolerance=2).item() == 0.0
+    assert boundary_f1(everything, (radius < 12).long()[None, None], tolerance=2).item() == 0.0
+    disc = (radius < 12).long()[None, None]  # a contour anywhere in the ring is right
+    assert boundary_f1(disc, target, tolerance=2).item() == 1.0

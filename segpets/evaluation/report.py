@@ -93,10 +93,16 @@ def captioned_panel(
             for m in (truth, pred)
         )
     panel = overlay_panel(image, truth, pred)
-    font_px = max(14, panel.shape[0] // 16)
-    bar = Image.new("RGB", (panel.shape[1], font_px * 3 // 2), "white")
+    font_px, width = max(14, panel.shape[0] // 16), panel.shape[1]
+    lines = [caption]
+    if ImageFont.load_default(size=font_px).getlength(caption) > width - font_px:
+        lines = caption.replace(": ", ":\n", 1).splitlines()  # name and labels | the Dice
+    longest = max(ImageFont.load_default(size=font_px).getlength(line) for line in lines)
+    font_px = max(10, min(font_px, int(font_px * (width - font_px) / longest)))  # fit width
     font = ImageFont.load_default(size=font_px)
-    ImageDraw.Draw(bar).text((font_px // 2, font_px // 4), caption, fill="black", font=font)
+    bar = Image.new("RGB", (width, font_px * (3 * len(lines) + 1) // 2 + font_px // 4), "white")
+    text = "\n".join(lines)
+    ImageDraw.Draw(bar).multiline_text((font_px // 2, font_px // 4), text, fill="black", font=font)
     return np.concatenate([np.asarray(bar), panel], axis=0)
 
 
