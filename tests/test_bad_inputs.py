@@ -174,7 +174,7 @@ DATA_ROWS: dict[str, Callable[[Path], str]] = {
     )[1],
     "split names a missing image and trimap": lambda r: (
         (r / "annotations" / "trainval.txt").open("a").write("Ghost_1 1 1 1\n"),
-        r"2 files .* missing: "
+        r"split .train.: 2 of its files .* missing: "
         + re.escape(f"'{image_path(r, 'Ghost_1')}' (missing), '{trimap_path(r, 'Ghost_1')}'"),
     )[1],
     "zero-byte image": lambda r: (
@@ -243,7 +243,7 @@ def test_every_bad_file_is_named_at_once(pets: Path, tmp_path: Path, monkeypatch
     image_path(pets, names[0]).write_bytes(b"")
     trimap_path(pets, names[3]).write_bytes(b"junk")
     code, err = cli(segpets.train.main, [*BASE, f"data.root={pets}"], tmp_path, monkeypatch, capfd)
-    line = assert_one_line_error(code, err, r"^segpets: error: 2 files ")
+    line = assert_one_line_error(code, err, r"^segpets: error: split .train.: 2 of its files ")
     assert str(image_path(pets, names[0])) in line and str(trimap_path(pets, names[3])) in line
     assert "data.bad_samples=skip" in line
 

@@ -104,7 +104,7 @@ def test_missing_files_are_all_named(mini_root: Path, tmp_path: Path) -> None:
     (root / "images").mkdir()
     (root / "annotations" / "trainval.txt").write_text("cat_1 1 1 1\ncat_2 1 1 1\n")
     dm = datamodule(root, tmp_path)
-    with pytest.raises(DataError, match=r"4 files .* missing: .*cat_1\.jpg"):
+    with pytest.raises(DataError, match=r"4 of its files .* missing: .*cat_1\.jpg"):
         dm.setup("fit")
 
 

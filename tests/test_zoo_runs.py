@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -20,12 +19,15 @@ pytest.importorskip("segmentation_models_pytorch", reason="model zoo: pip instal
 from segpets.build import load_checkpoint  # noqa: E402
 from segpets.eval import evaluate  # noqa: E402
 from segpets.evaluation.inference import load_model  # noqa: E402
-from segpets.export import PARITY_ATOL, export  # noqa: E402
-from segpets.predict import predict  # noqa: E402
+from segpets.export import export  # noqa: E402
 from segpets.train import train  # noqa: E402
 from tests.conftest import compose_train, fit_steps  # noqa: E402
 from tests.test_ddp import ddp_args, run_to_completion  # noqa: E402
-from tests.test_export import REAL, compose_cfg, real_batch  # noqa: E402
+from tests.test_export import (  # noqa: E402
+    assert_parity,
+    assert_predict_from_onnx_matches,
+    compose_cfg,
+)
 from tests.test_zoo import STATS, encoder_file  # noqa: E402
 
 MINI_64 = ["data.image_size=64", "data.batch_size=8", "data.num_workers=0"]
@@ -120,39 +122,12 @@ def zoo_ckpt(request, mini_root: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_zoo_export_parity(fmt: str, zoo_ckpt: Path, mini_root: Path, tmp_path: Path) -> None:
     output = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
     export(compose_cfg("export", [f"ckpt_path={zoo_ckpt}", f"format={fmt}", f"output={output}"]))
-    torch_model, exported = load_model(zoo_ckpt), load_model(output)
-    assert exported.config == torch_model.config
-    mean, std = np.array(exported.config.data.mean), np.array(exported.config.data.std)
-    gen = torch.Generator().manual_seed(0)
-    batches = [
-        torch.randn(2, 3, 64, 64, generator=gen),  # the traced size
-        torch.randn(3, 3, 97, 131, generator=gen),  # padded to 128×160 inside, cropped back
-        real_batch(mini_root, (64, 64), mean, std),
-        real_batch(mini_root, (112, 144), mean, std),
-    ]
-    for x in batches:
-        ref, got = torch_model.logits(x), exported.logits(x)
-        assert got.shape == ref.shape == (len(x), 1, *x.shape[-2:])
-        assert (got - ref).abs().max().item() <= PARITY_ATOL
-        assert torch.equal(got > 0, ref > 0)
-        assert 0 < (ref > 0).float().mean() < 1
+    assert_parity(zoo_ckpt, output, mini_root, odd_size=(97, 131))  # padded inside, cropped
 
 
 @pytest.mark.slow
 def test_zoo_predict_from_onnx_matches_checkpoint(zoo_ckpt: Path, mini_root: Path, tmp_path):
-    onnx_file = tmp_path / "model.onnx"
-    export(compose_cfg("export", [f"ckpt_path={zoo_ckpt}", f"output={onnx_file}"]))
-    images = tmp_path / "images"
-    images.mkdir()
-    for name in REAL:  # photos of other sizes than 64 px: predict resizes, then back
-        (images / f"{name}.jpg").write_bytes((mini_root / "images" / f"{name}.jpg").read_bytes())
-    for model, out in ((zoo_ckpt, "from_ckpt"), (onnx_file, "from_onnx")):
-        args = [f"ckpt_path={model}", f"input={images}", f"output_dir={tmp_path / out}"]
-        assert predict(compose_cfg("predict", [*args, "progress_bar=false"])) == []
-    for name in REAL:
-        a = np.asarray(Image.open(tmp_path / "from_ckpt" / f"{name}_mask.png"))
-        b = np.asarray(Image.open(tmp_path / "from_onnx" / f"{name}_mask.png"))
-        assert a.shape == b.shape and (a == b).all() and 0 < (a > 0).mean() < 1, name
+    assert_predict_from_onnx_matches(zoo_ckpt, mini_root, tmp_path)
 
 
 @pytest.mark.slow

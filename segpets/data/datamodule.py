@@ -170,7 +170,7 @@ class SegmentationDataModule(L.LightningDataModule):
             f" and {len(problems) - 10} more (all listed in the log)" if len(problems) > 10 else ""
         )
         raise DataError(
-            f"{len(problems)} files named by the split files are invalid, unreadable or "
+            f"split '{split}': {len(problems)} of its files are invalid, unreadable or "
             f"missing: {shown}{more}; data.bad_samples=skip would train without those samples"
         )
 
