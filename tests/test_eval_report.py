@@ -204,3 +204,13 @@ def test_captioned_panel_keeps_a_long_caption_inside_a_portrait_panel() -> None:
     panel = captioned_panel(image, truth, truth, caption)
     bar = panel[: panel.shape[0] - 500]
     assert (bar < 128).any() and (bar[:, -8:] == 255).all()  # drawn, and clear of the edge
+
+
+def test_overlay_leaves_ignored_pixels_grey_and_untinted() -> None:
+    image = np.full((4, 4, 3), 100, np.uint8)
+    truth, pred, ignored = (np.zeros((4, 4), bool) for _ in range(3))
+    pred[:, :2], ignored[:, 1] = True, True  # column 1: predicted pet, but ignored
+    panel = overlay_panel(image, truth, pred, ignored)
+    gt, blended = panel[:, 8:12], panel[:, 16:20]
+    assert (gt[:, 1] == 128).all() and (gt[:, 0] == 0).all()
+    assert (blended[:, 1] == 100).all() and (blended[:, 0] != 100).any()  # column 0: red

@@ -151,5 +151,11 @@ class EvalCollector(L.Callback):
             caption = (
                 f"{w['name']}{labels_text}: Dice {w['dice']:.3f} (original size {full[0]:.3f})"
             )
-            panels.append((w["name"], w["dice"], captioned_panel(image, mask == 1, pred, caption)))
+            panels.append(
+                (
+                    w["name"],
+                    w["dice"],
+                    captioned_panel(image, mask == 1, pred, caption, ignored=mask == IGNORE_INDEX),
+                )
+            )
         return panels

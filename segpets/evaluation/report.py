@@ -61,23 +61,33 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def overlay_panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+def overlay_panel(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, ignored: np.ndarray | None = None
+) -> np.ndarray:
     """image | ground truth | prediction over the image (green right, red false pet, blue
-    missed pet); (H, W, 3) uint8 and two (H, W) bool → (H, 3W + 8, 3) uint8."""
+    missed pet); (H, W, 3) uint8 and (H, W) bool masks → (H, 3W + 8, 3) uint8. ``ignored``
+    pixels (left out of every metric) are grey in the ground truth and left untinted."""
+    ignored = np.zeros_like(truth) if ignored is None else ignored
     colours = np.zeros_like(image)
     colours[truth & pred] = TP_COLOUR
     colours[~truth & pred] = FP_COLOUR
     colours[truth & ~pred] = FN_COLOUR
-    marked = truth | pred
+    marked = (truth | pred) & ~ignored
     blended = image.copy()
     blended[marked] = (0.45 * image[marked] + 0.55 * colours[marked]).astype(np.uint8)
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
     gt = np.repeat((truth * 255).astype(np.uint8)[..., None], 3, axis=2)
+    gt[ignored] = 128
     return np.concatenate([image, gap, gt, gap, blended], axis=1)
 
 
 def captioned_panel(
-    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, caption: str, min_side: int = 256
+    image: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    caption: str,
+    min_side: int = 256,
+    ignored: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`overlay_panel` at the image's own resolution (scaled up so its short side is at
     least ``min_side`` px: image bicubic, masks nearest) under a white caption bar whose text
@@ -88,11 +98,12 @@ def captioned_panel(
     if scale > 1.0:
         size = (round(width * scale), round(height * scale))
         image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
-        truth, pred = (
+        ignored = np.zeros_like(truth) if ignored is None else ignored
+        truth, pred, ignored = (
             np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST))
-            for m in (truth, pred)
+            for m in (truth, pred, ignored)
         )
-    panel = overlay_panel(image, truth, pred)
+    panel = overlay_panel(image, truth, pred, ignored)
     font_px, width = max(14, panel.shape[0] // 16), panel.shape[1]
     lines = [caption]
     if ImageFont.load_default(size=font_px).getlength(caption) > width - font_px:
