@@ -114,13 +114,25 @@ def boundary_f1(preds: torch.Tensor, target: torch.Tensor, tolerance: int) -> to
     Precision: fraction of predicted contour pixels within ``tolerance`` pixels (Chebyshev
     distance) of a true contour pixel; recall: the converse; BF = 2PR / (P + R). Both contours
     empty scores 1, exactly one empty scores 0. Unlike Dice it is not dominated by the
-    interior, so it shows blurry or shifted outlines. Pixels whose target is ``IGNORE_INDEX``
-    are filled in both masks from their nearest scored pixels (:func:`fill_ignored`), so what
-    is predicted there changes nothing and an ignored band (e.g. Oxford's trimap border with
-    ``data.border=ignore``) holds each mask's contour where its own sides meet.
+    interior, so it shows blurry or shifted outlines.
+
+    Pixels whose target is ``IGNORE_INDEX`` are a don't-care band: the prediction there is
+    filled from its nearest scored pixels (:func:`fill_ignored`), so what is predicted there
+    changes nothing, and the score is the best over three readings of the band in the target
+    (filled the same way, all pet, all background): a contour anywhere in the band or within
+    ``tolerance`` of either of its edges is right, and predicting pet everywhere (no contour)
+    still scores 0.
     """
     ignored = target == IGNORE_INDEX
-    preds, target = fill_ignored(preds, ignored), fill_ignored(target, ignored)
+    if not ignored.any():
+        return _boundary_f1(preds, target, tolerance)
+    preds = fill_ignored(preds, ignored)
+    pet = target == 1
+    readings = (fill_ignored(target, ignored), (pet | ignored).float(), pet.float())
+    return torch.stack([_boundary_f1(preds, t, tolerance) for t in readings]).amax(0)
+
+
+def _boundary_f1(preds: torch.Tensor, target: torch.Tensor, tolerance: int) -> torch.Tensor:
     pred_b, true_b = boundary(preds), boundary(target)
     size = 2 * tolerance + 1
     near_true = F.max_pool2d(true_b, size, stride=1, padding=tolerance)

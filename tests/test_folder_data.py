@@ -118,6 +118,14 @@ def test_conflicting_label_values_are_refused(binary_folder: Path, tmp_path: Pat
         folder_dm(binary_folder, tmp_path, "data.foreground=[255]", "data.ignore=255")
 
 
+def test_a_mapping_that_leaves_no_foreground_is_refused(binary_folder, tmp_path) -> None:
+    """0/255 masks with data.ignore=255: every pet pixel is ignored, so training could only
+    learn background (and score Dice 0); the pre-scan says so in one error, not a warning."""
+    dm = folder_dm(binary_folder, tmp_path, "data.ignore=255")
+    with pytest.raises(DataError, match=r"split 'train': none of its \d+ masks has a foreground"):
+        dm.dataset("train")
+
+
 @pytest.mark.parametrize("lonely", ["image", "mask"])
 def test_unpaired_files_are_one_line(lonely: str, binary_folder, tmp_path, monkeypatch, capfd):
     if lonely == "image":

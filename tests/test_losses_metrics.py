@@ -183,3 +183,21 @@ def test_boundary_f1_gives_no_contour_to_a_prediction_without_one() -> None:
     assert boundary_f1(everything, (radius < 12).long()[None, None], tolerance=2).item() == 0.0
     disc = (radius < 12).long()[None, None]  # a contour anywhere in the ring is right
     assert boundary_f1(disc, target, tolerance=2).item() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("radius", "expected"), [(31, 1.0), (19, 1.0), (25, 1.0), (36, 0.0), (15, 0.0)]
+)
+def test_boundary_f1_counts_a_contour_in_or_beside_an_ignored_band(radius, expected) -> None:
+    """Pet r ≤ 20 inside an ignored band 20 < r ≤ 30: a predicted disc whose edge lies in the
+    band or within the 2-px tolerance of either edge is right (as against the band read as pet
+    or as background); 5-6 px beyond either edge is not. (Filling alone put the true
+    contour mid-band: radius 31 and 19 scored 0.)"""
+    from segpets.metrics import boundary_f1
+
+    yy, xx = torch.meshgrid(torch.arange(80), torch.arange(80), indexing="ij")
+    r = ((yy - 40) ** 2 + (xx - 40) ** 2).float().sqrt()
+    target = torch.where(r <= 20, 1, 0)
+    target = torch.where((r > 20) & (r <= 30), IGN, target)[None, None]
+    pred = (r <= radius).long()[None, None]
+    assert boundary_f1(pred, target, tolerance=2).item() == pytest.approx(expected, abs=0.02)

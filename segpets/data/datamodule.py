@@ -147,6 +147,12 @@ class SegmentationDataModule(L.LightningDataModule):
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PNG decoding
             scans = dict(zip(names, pool.map(self.source.scan, names), strict=True))
         empty = [name for name, (_, no_foreground) in scans.items() if no_foreground]
+        if split == "train" and len(empty) == len(names) > 0:
+            raise DataError(
+                f"split 'train': none of its {len(names)} {self.source.mask_kind}s has a "
+                "foreground pixel after decoding; check the label mapping (for data=folder: "
+                "data.foreground/background/ignore, e.g. 0/255 masks with data.ignore=255)"
+            )
         if empty:
             log.warning(
                 "split '%s': %d %s(s) have no pet pixel (per-image Dice 1 for an empty "
