@@ -25,7 +25,10 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="new folder for images/, masks/, groups.csv")
     parser.add_argument("--count", type=int, default=60, help="samples, half cats half dogs")
     args = parser.parse_args()
-    names = read_split(args.root / "annotations" / "trainval.txt")
+    split_file = args.root / "annotations" / "trainval.txt"
+    if not split_file.is_file() or args.count < 2:
+        parser.exit(2, f"segpets: error: need '{split_file}' and --count >= 2\n")
+    names = read_split(split_file)
     cats, dogs = [n for n in names if n[0].isupper()], [n for n in names if n[0].islower()]
     chosen = cats[: args.count // 2] + dogs[: args.count - args.count // 2]
     if args.out.exists():  # never mix into (or overwrite) a folder the user already has

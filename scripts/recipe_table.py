@@ -59,7 +59,7 @@ ROWS: dict[str, dict[str, tuple[str, list[str]]]] = {
         ),
     },
     "gpu": {
-        name: (f"`{name}` as shipped", [f"experiment={name}", "trainer=gpu"])
+        name: (f"`{name}` with `trainer=gpu`", [f"experiment={name}", "trainer=gpu"])
         for name in ("seed_unet", "seed_res34", "imagenet_res34", "smp_unet_r34", "cpu_fast")
     },
 }
@@ -102,6 +102,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", help="a subset of the device's rows (default all)")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
     args = parser.parse_args()
+    unknown = sorted(set(args.rows or []) - set(ROWS[args.device]))
+    if unknown:
+        parser.error(f"--rows: no {args.device} row {unknown}; rows: {list(ROWS[args.device])}")
     rows = {k: v for k, v in ROWS[args.device].items() if not args.rows or k in args.rows}
     if args.list:
         for name, (label, overrides) in rows.items():
