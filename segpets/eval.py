@@ -126,8 +126,6 @@ def _run(cfg, saved, module, datamodule, output_dir, logger, worst_k=None):
     collector = EvalCollector(
         cfg.split,
         datamodule.source,
-        datamodule.mean,
-        datamodule.std,
         boundary_tolerance=int(opts.get("boundary_tolerance", 2)),
         full_res=bool(opts.get("full_res")),
         worst_k=int(opts.get("worst_k", 16)) if worst_k is None else worst_k,

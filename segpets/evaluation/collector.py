@@ -44,15 +44,11 @@ class EvalCollector(L.Callback):
         self,
         split: str,
         source: SampleSource,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
         boundary_tolerance: int = 2,
         full_res: bool = False,
         worst_k: int = 16,
     ) -> None:
         self.split, self.source, self.full_res, self.worst_k = split, source, full_res, worst_k
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.boundary = PerImageBoundaryF1(boundary_tolerance)
         self.full_metrics = segmentation_metrics(f"{split}/full_res/")
         for metric in self.full_metrics.values():  # inputs are binarised here; torchmetrics'

@@ -105,10 +105,11 @@ def captioned_panel(
         )
     panel = overlay_panel(image, truth, pred, ignored)
     font_px, width = max(14, panel.shape[0] // 16), panel.shape[1]
+    font = ImageFont.load_default(size=font_px)
     lines = [caption]
-    if ImageFont.load_default(size=font_px).getlength(caption) > width - font_px:
+    if font.getlength(caption) > width - font_px:
         lines = caption.replace(": ", ":\n", 1).splitlines()  # name and labels | the Dice
-    longest = max(ImageFont.load_default(size=font_px).getlength(line) for line in lines)
+    longest = max(font.getlength(line) for line in lines)
     font_px = max(10, min(font_px, int(font_px * (width - font_px) / longest)))  # fit width
     font = ImageFont.load_default(size=font_px)
     bar = Image.new("RGB", (width, font_px * (3 * len(lines) + 1) // 2 + font_px // 4), "white")
