@@ -21,7 +21,7 @@ QUIET="callbacks.progress_bar.refresh_rate=0"
 
 machine "bench: cpu_fast model"
 SEGPETS_CACHE_DIR="$OUT/cache-bench" $PY -m segpets.bench data.root="$MINI" \
-  model.width=16 model.batch_norm=true model.channels_last=true data.image_size=64 batch_size=8 \
+  model.width=16 model.batch_norm=true module.channels_last=true data.image_size=64 batch_size=8 \
   hydra.run.dir="$OUT/bench_cpu_fast"
 
 machine "bench: seed UNet at 256 px"

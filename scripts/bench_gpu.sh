@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 
 COMMON=(data.root="$DATA" data.image_size=256 batch_size=16 precision=bf16-mixed
-  model.channels_last=true warmup=5 steps=20 repeats=3 data_bench.batches=10)
+  module.channels_last=true warmup=5 steps=20 repeats=3 data_bench.batches=10)
 bench() {  # bench LIMIT_S NAME OVERRIDES...
   local limit=$1 name=$2; shift 2
   echo "## $name — $(date -u '+%H:%M:%S') UTC"
@@ -25,8 +25,8 @@ for model in unet res34_unet; do
   bench 150 "$model" model=$model peak.n=8192 peak.dtypes=[fp32,bf16] \
     'data_bench.workers=[0,4,8]'
 done
-for model in unet res34_unet; do  # training and inference both compiled (model.compile)
-  bench 180 "${model}_compile" model=$model model.compile=true peak.n=8192 peak.dtypes=[bf16] \
+for model in unet res34_unet; do  # training and inference both compiled (module.compile)
+  bench 180 "${model}_compile" model=$model module.compile=true peak.n=8192 peak.dtypes=[bf16] \
     'inference.channels_last=[true]' 'inference.precisions=[bf16]' 'data_bench.workers=[]'
 done
 echo "## done — $(date -u '+%H:%M:%S') UTC"

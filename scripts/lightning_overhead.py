@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from segpets.bench import FixedBatch
+from segpets.benchmark.model import FixedBatch
 from segpets.losses import BCEDiceLoss
 from segpets.module import SegmentationModule
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segpets.data.oxford_pet import load_mask, read_split, trimap_path
+from segpets.data.files import read_split
+from segpets.data.oxford_pet import load_mask, trimap_path
 
 FLAGS = {"nearest (old)": cv2.INTER_NEAREST, "nearest_exact": cv2.INTER_NEAREST_EXACT}
 

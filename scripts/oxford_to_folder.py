@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segpets.data.oxford_pet import image_path, load_mask, read_split, trimap_path
+from segpets.data.files import read_split
+from segpets.data.oxford_pet import image_path, load_mask, trimap_path
 
 
 def main() -> None:

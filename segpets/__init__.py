@@ -1,7 +1,9 @@
 """segpets: binary pet segmentation (Oxford-IIIT Pet) with PyTorch Lightning and Hydra.
 
 Reading order for newcomers: ``data`` → ``models`` → ``losses``/``metrics`` → ``module`` →
-entry points ``train`` and ``eval``.
+the commands ``train``, ``eval``, ``predict``, ``export`` (``python -m segpets`` lists them).
+Importing ``segpets`` imports nothing heavy; its Hydra configs (``segpets.configs``) compose
+with Hydra's plain API without it.
 """
 
 import os
@@ -11,8 +13,4 @@ import os
 # test imports it, so the check is off unless the user set the variable themselves.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from segpets import resolvers  # noqa: E402  (after the environment above)
-
-resolvers.register()
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -9,8 +9,7 @@ timed repeats of ``steps`` steps, each after ``warmup`` untimed steps, with min/
 - ``inference``: eval mode, no grad, NCHW vs channels_last, fp32 vs bf16 autocast (and
   torch.compile with ``inference.compile=true``); ratio = vs fp32 NCHW.
 - ``data``: decode + augment + collate img/s of the train loader per worker count, without and
-  with ``data.cache``, for the uint8 batches segpets loads and the float32 ones it loaded
-  before; ratio = data img/s ÷ Lightning training img/s (≥ 1: data keeps up).
+  with ``data.cache``; ratio = data img/s ÷ Lightning training img/s (≥ 1: data keeps up).
 - ``train`` end to end: ``Trainer.fit`` fed by the real loader as ``data`` configures it;
   ratio = ÷ the fixed-batch Lightning row (< 1: training waits for data).
 - ``peak``: a measured n×n matmul, the machine's practical peak; GFLOP/img (counted by
@@ -22,15 +21,12 @@ Writes ``bench.md``, ``bench.csv`` and ``bench.json`` to the run folder and prin
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import functools
-import itertools
 import json
 import logging
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,14 +37,14 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 
-from segpets.bench_data import data_rows, end_to_end_rates, end_to_end_row, timed_trainer
-from segpets.build import build_module, instantiate_or_explain
-from segpets.cli import entry_point
+from segpets.benchmark.data import data_rows, end_to_end_rates, end_to_end_row
+from segpets.benchmark.model import inference_rows, train_rates
+from segpets.benchmark.timing import StepTimes, Timer, count_gflops, matmul_peak, timed_rates
+from segpets.command.build import build_module, instantiate_or_explain
+from segpets.command.entry import entry_point
+from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
-from segpets.runlog import accept_run, task_run
 
 log = logging.getLogger(__name__)
 
@@ -65,165 +61,6 @@ COLUMNS = [
     "note",
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-class Timer:
-    """Medians and spreads of repeated timings; synchronises the GPU before each clock read."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    @staticmethod
-    def summary(rates: list[float]) -> dict[str, float]:
-        return {
-            "img_per_s": statistics.median(rates),
-            "img_per_s_min": min(rates),
-            "img_per_s_max": max(rates),
-        }
-
-
-def timed_rates(
-    step: Callable[[], None], timer: Timer, warmup: int, steps: int, repeats: int, images: int
-) -> list[float]:
-    """img/s of ``repeats`` blocks of ``steps`` calls of ``step`` (``images`` each), each block
-    after ``warmup`` untimed calls."""
-    rates = []
-    for _ in range(repeats):
-        for _ in range(warmup):
-            step()
-        start = timer.now()
-        for _ in range(steps):
-            step()
-        rates.append(steps * images / (timer.now() - start))
-    return rates
-
-
-# --- FLOPs and peak ---------------------------------------------------------------------
-def count_gflops(net: torch.nn.Module, loss: torch.nn.Module, image: torch.Tensor) -> tuple:
-    """(forward GFLOP/img, forward+backward GFLOP/img), counted on a batch of 2 (BatchNorm in
-    train mode needs more than one value per channel)."""
-    net = copy.deepcopy(net).train()
-    x = image.expand(2, *image.shape).contiguous()
-    with FlopCounterMode(display=False) as fwd, torch.no_grad():
-        net(x)
-    with FlopCounterMode(display=False) as both:
-        logits = net(x)
-        loss(logits, torch.zeros_like(logits)).backward()
-    return fwd.get_total_flops() / 2e9, both.get_total_flops() / 2e9
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> list[float]:
-    """GFLOP/s of ``repeats`` n×n @ n×n matmuls after one untimed."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    timer = Timer(device)
-    rates = timed_rates(lambda: torch.mm(a, b), timer, 1, 1, repeats, 1)
-    return [r * 2 * n**3 / 1e9 for r in rates]
-
-
-# --- training -----------------------------------------------------------------------------
-class FixedBatch(Dataset):
-    """The same collated batch ``length`` times (DataLoader with ``batch_size=None``)."""
-
-    def __init__(self, batch: dict, length: int) -> None:
-        self.batch, self.length = batch, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict:
-        return self.batch
-
-
-class StepTimes(L.Callback):
-    """Clock readings at the end of the training steps numbered in ``marks`` (Lightning's own
-    overhead included). Only those steps synchronise the GPU, as the plain loop's clock does:
-    a sync every step would stall the CPU/GPU overlap the plain loop keeps."""
-
-    def __init__(self, timer: Timer, marks: set[int]) -> None:
-        self.timer, self.marks, self.times = timer, marks, []
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step - 1 in self.marks:
-            self.times.append(self.timer.now())
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision in ("32-true", "32", "fp32"):
-        return contextlib.nullcontext()
-    if precision in ("bf16-mixed", "bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ConfigError(f"precision must be 32-true or bf16-mixed for the bench, got '{precision}'")
-
-
-def train_rates(cfg: DictConfig, module: L.LightningModule, batch: dict, device) -> tuple:
-    """(Lightning img/s, plain-loop img/s) per repeat, the two alternating so that a change of
-    machine load hits both alike. Lightning: one short ``fit`` per repeat, timed from the end
-    of the last warm-up step to the end of the last step. Plain: the loop Lightning replaces,
-    on a copy of the same module (net, loss) with the same optimizer factory."""
-    timer, n = Timer(device), len(batch["image"])
-    model = copy.deepcopy(module).to(device).train()
-    if cfg.model.get("compile"):
-        model.net.compile()  # deepcopy drops an in-place compile: the copy would run eager
-    optimizer = module.optimizer_factory(params=model.parameters())
-
-    def plain_step() -> None:
-        # the uint8 batch starts on the CPU each step, as it comes from a loader (and as
-        # Lightning gets it), and is normalised on the device, as the module's hook does
-        images = model.normalize(batch["image"].to(device, non_blocking=True))
-        masks = batch["mask"].to(device, non_blocking=True).float()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, cfg.precision):
-            loss = model.loss(model(images), masks)
-        loss.backward()
-        optimizer.step()
-
-    lightning, plain = [], []
-    for _ in range(cfg.repeats):
-        clock = StepTimes(timer, marks={cfg.warmup - 1, cfg.warmup + cfg.steps - 1})
-        trainer = timed_trainer(cfg, device, clock)
-        loader = DataLoader(FixedBatch(batch, cfg.warmup + cfg.steps), batch_size=None)
-        trainer.fit(module, train_dataloaders=loader)
-        first, last = clock.times
-        lightning.append(cfg.steps * n / (last - first))
-        plain += timed_rates(plain_step, timer, cfg.warmup, cfg.steps, 1, n)
-    return lightning, plain
-
-
-# --- inference and data ---------------------------------------------------------------------
-def inference_rows(cfg: DictConfig, net: torch.nn.Module, images: torch.Tensor, device) -> list:
-    """eval-mode, no-grad img/s for every (memory format, precision[, compile]) variant."""
-    rows, net_compiled = [], bool(cfg.model.get("compile"))
-    for compiled, channels_last, precision in itertools.product(
-        [False, True] if cfg.inference.compile and not net_compiled else [net_compiled],
-        cfg.inference.channels_last,
-        cfg.inference.precisions,
-    ):
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        model = copy.deepcopy(net).to(device, memory_format=fmt).eval()
-        if compiled:
-            model.compile()  # also for model.compile=true: deepcopy dropped the net's compile
-        x = images.to(device).contiguous(memory_format=fmt)
-
-        def step(model=model, x=x, precision=precision) -> None:
-            with torch.inference_mode(), autocast(device, precision):
-                model(x)
-
-        rates = timed_rates(step, Timer(device), cfg.warmup, cfg.steps, cfg.repeats, len(x))
-        variant = f"{'channels_last' if channels_last else 'NCHW'} {precision}"
-        log.info("inference %s: median %.3g img/s", variant, statistics.median(rates))
-        rows.append(
-            {
-                "variant": variant + (" compile" if compiled else ""),
-                "dtype": precision,
-                **Timer.summary(rates),
-            }
-        )
-    return rows
 
 
 # --- the report --------------------------------------------------------------------------
@@ -243,7 +80,7 @@ def run_bench(cfg: DictConfig) -> tuple[list[dict], dict]:
     module = build_module(cfg)
     inputs = module.normalize(batch["image"])  # what the net sees
     # counted on an eager twin: a compiled net would be compiled once more for the count's shape
-    eager = build_module(OmegaConf.merge(cfg, {"model": {"compile": False}}), with_optimizer=False)
+    eager = build_module(OmegaConf.merge(cfg, {"module": {"compile": False}}), with_optimizer=False)
     fwd_gflop, train_gflop = count_gflops(eager.net, eager.loss, inputs[0])
     peak = {
         d: Timer.summary(matmul_peak(device, DTYPES[d], cfg.peak.n, cfg.peak.repeats))
@@ -381,7 +218,7 @@ def write_reports(rows: list[dict], meta: dict, out: Path) -> str:
 
 
 @entry_point("bench")
-@hydra.main(version_base="1.3", config_path="../configs", config_name="bench")
+@hydra.main(version_base="1.3", config_path="configs", config_name="bench")
 def main(cfg: DictConfig) -> None:
     with task_run(cfg):
         accept_run()

@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -75,29 +74,3 @@ def _original_message(text: str) -> str:
         return text
     last = text.strip().splitlines()[-1]
     return last.split(": ", 1)[1] if ": " in last else last
-
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def check_group_choices(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
-    """Reject ``group=option`` overrides naming no option of a config group, as one line and
-    exit 2 listing the choices. Hydra would reject them too, but with exit 1 and a multi-line
-    message; lists and sweep syntax (``[a,b]``, ``choice(...)``) are left to Hydra."""
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+~")
-        group = config_dir / key
-        sweep_syntax = value.startswith("[") or any(c in value for c in "($")
-        if not sep or arg.startswith("-") or sweep_syntax or not group.is_dir():
-            continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
-        for option in value.split(","):
-            if option not in options and option != "null":
-                print(
-                    f"segpets: error: {key}={option}: no such option in configs/{key}/; "
-                    f"choices: {', '.join(options)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                raise SystemExit(USER_ERROR_EXIT_CODE)

@@ -20,24 +20,19 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from segpets.build import (
-    instantiate_or_explain,
+from segpets.checkpoints.load import (
     load_checkpoint,
     module_from_checkpoint,
     restore_datamodule_state,
 )
-from segpets.cli import entry_point
-from segpets.config_checks import check_resolvable
+from segpets.command.build import instantiate_or_explain
+from segpets.command.checks import check_resolvable
+from segpets.command.entry import entry_point
+from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 from segpets.evaluation.collector import EvalCollector
-from segpets.evaluation.ops import HFlipTTA, check_tta
-from segpets.evaluation.report import (
-    format_table,
-    group_rows,
-    save_png,
-    write_csv,
-)
-from segpets.runlog import accept_run, task_run
+from segpets.evaluation.logits import check_tta
+from segpets.evaluation.report import format_table, group_rows, save_png, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +52,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
         raise ConfigError("eval.boundary_tolerance and eval.worst_k must be >= 0")
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     datamodule = instantiate_or_explain(_eval_data(cfg, saved, output_dir), "data")
-    module = module_from_checkpoint(saved, state_dict)
+    module = module_from_checkpoint(saved, state_dict, test_tta=tta)
     accept_run()  # every check that can refuse has passed: the run's record is written now
     output_dir.mkdir(parents=True, exist_ok=True)
     restore_datamodule_state(datamodule, ckpt_path)  # e.g. the random split it trained with
@@ -65,9 +60,9 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     columns: dict[str, dict[str, float]] = {}
     plain = None
     if tta:  # the same checkpoint without TTA first, for the comparison column
-        plain, _ = _run(cfg, saved, module, datamodule, output_dir, worst_k=0, logger=False)
+        without = module_from_checkpoint(saved, state_dict)
+        plain, _ = _run(cfg, saved, without, datamodule, output_dir, worst_k=0, logger=False)
         columns.update(_columns(plain, cfg.split, ""))
-        module.net = HFlipTTA(module.net)
     logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
     metrics, collector = _run(cfg, saved, module, datamodule, output_dir, logger=logger)
     columns.update(_columns(metrics, cfg.split, f" +{tta}" if tta else ""))
@@ -177,7 +172,7 @@ def _write_breakdown(collector: EvalCollector, datamodule, out: Path, logger) ->
 
 
 @entry_point("eval")
-@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
     with task_run(cfg):
         evaluate(cfg)

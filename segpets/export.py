@@ -21,12 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from segpets.build import load_checkpoint, module_from_checkpoint
-from segpets.cli import entry_point
-from segpets.config_checks import check_resolvable
+from segpets.checkpoints.load import load_checkpoint, module_from_checkpoint
+from segpets.command.checks import check_resolvable
+from segpets.command.entry import entry_point
+from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
-from segpets.evaluation.inference import CONFIG_KEY, ONNX_INPUT, ONNX_OUTPUT, load_model
-from segpets.runlog import accept_run, task_run
+from segpets.inference.model import CONFIG_KEY, ONNX_INPUT, ONNX_OUTPUT, load_model
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def export(cfg: DictConfig) -> Path:
 
 
 @entry_point("export")
-@hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+@hydra.main(version_base="1.3", config_path="configs", config_name="export")
 def main(cfg: DictConfig) -> None:
     with task_run(cfg):
         export(cfg)

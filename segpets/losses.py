@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segpets.data.files import IGNORE_INDEX
+from segpets.labels import IGNORE_INDEX
 
 
 def soft_dice_loss(

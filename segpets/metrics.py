@@ -29,7 +29,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-from segpets.data.files import IGNORE_INDEX
+from segpets.labels import IGNORE_INDEX
 
 
 class PerImageDice(BinaryF1Score):

@@ -1,66 +1,110 @@
-"""The LightningModule: loss, metrics, logging and optimisers around any segmentation net."""
+"""The LightningModule: loss, metrics, logging and optimisers around any segmentation net.
+
+Its constructor arguments are the ``module`` node of the train config, one to one, and one
+``hydra.utils.instantiate(cfg.module)`` builds it (``segpets/configs/train.yaml``).
+"""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from segpets.data.transforms import normalize
-from segpets.evaluation.ops import hflip_average
+from segpets.evaluation.logits import check_tta, hflip_average
 from segpets.metrics import binarize, segmentation_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SEED_STATS = (0.5, 0.5, 0.5)  # the seed lab's normalisation, for nets without pretrained weights
 
 # Lightning says so on every run that has a DataModule; the module's hook is the one meant
 warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
 
 
-class SegmentationModule(L.LightningModule):
-    """Binary segmentation with ``net`` (images → (N, 1, H, W) logits).
+def input_stats(
+    net: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std), 3 values each in 0-1 units, that ``net``'s inputs are normalised with: the
+    given ones where set, else the net's own (``net.input_mean``/``input_std``: what its
+    pretrained weights were trained with, as torchvision's ``Weights.transforms()`` says),
+    else the seed's 0.5/0.5. Raises ``ValueError`` for anything but 3 numbers (std > 0)."""
+    stats = []
+    for name, given in (("mean", mean), ("std", std)):
+        value = given if given is not None else getattr(net, f"input_{name}", None) or SEED_STATS
+        value = tuple(float(v) for v in value)
+        if len(value) != 3 or (name == "std" and min(value) <= 0):
+            raise ValueError(f"data.{name} must be 3 numbers (RGB){', > 0' * (name == 'std')}")
+        stats.append(value)
+    return stats[0], stats[1]
 
-    ``optimizer`` is a partial taking the parameters; ``scheduler`` is Lightning's
-    lr-scheduler dict whose ``scheduler`` entry is a partial taking the optimizer (or ``None``).
-    ``config`` is the run's resolved config as plain data: it is saved in every checkpoint
-    (``hyper_parameters["config"]``) so eval/predict rebuild the exact net and preprocessing,
-    and it is what TensorBoard's hparams tab shows. ``mean``/``std`` (``data.mean``/``std``)
-    normalise the loader's uint8 images once they are on the device
-    (:meth:`on_after_batch_transfer`).
+
+class SegmentationModule(L.LightningModule):
+    """Binary segmentation with ``net``: uint8 (N, 3, H, W) images → (N, 1, H, W) logits.
+
+    Args:
+        net: any ``nn.Module`` mapping normalised (N, 3, H, W) float images to (N, 1, H, W)
+            logits (``segpets.models``, or your own).
+        loss: ``loss(logits, target)`` with targets in {0, 1, 255 = ignored}.
+        optimizer: a partial taking the parameters (``_partial_: true``); ``None`` for a
+            module that only evaluates.
+        scheduler: Lightning's lr-scheduler dict whose ``scheduler`` entry is a partial taking
+            the optimizer, or ``None``.
+        input_mean, input_std: normalisation of the uint8 inputs (0-1 units, RGB); ``None``:
+            the net's own, else 0.5/0.5 (:func:`input_stats`).
+        channels_last: NHWC weights and inputs (faster convolutions on CPU oneDNN and tensor
+            cores; the same results within float tolerance).
+        compile: ``torch.compile`` the net in place (state-dict keys, and so checkpoints,
+            stay as without).
+        test_tta: ``"hflip"``: whenever the module is tested or validated outside ``fit``
+            (``trainer.test``/``validate``, ``segpets.eval``), each image's probabilities are
+            averaged with its mirror's.
+        config: the run's resolved config as plain data, saved in every checkpoint
+            (``hyper_parameters["config"]``, with ``data.mean``/``std`` set to the statistics
+            used) so eval/predict/export rebuild the exact net and preprocessing.
     """
 
     def __init__(
         self,
         net: nn.Module,
         loss: nn.Module,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: dict[str, Any] | None = None,
-        config: dict[str, Any] | None = None,
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
         channels_last: bool = False,
-        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        compile: bool = False,
+        test_tta: str | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        # buffers, so they follow the module to its device; not saved (they are in config)
-        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32), False)
-        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32), False)
-        self.save_hyperparameters({"config": config or {}})
-        # channels_last (NHWC) weights and inputs: faster convolutions on CPU (oneDNN) and on
-        # tensor cores; same results within float tolerance (tests/test_fast_paths.py)
-        self.channels_last = channels_last
+        check_tta(test_tta, "module.test_tta")
+        mean, std = input_stats(net, input_mean, input_std)
+        # buffers, so they follow the module to its device; not in the state dict (the config
+        # saved with every checkpoint holds them)
+        self.register_buffer("input_mean", torch.tensor(mean), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std), persistent=False)
+        config = dict(config or {})
+        if config:
+            config["data"] = {**(config.get("data") or {}), "mean": list(mean), "std": list(std)}
+        self.save_hyperparameters({"config": config})
+        self.channels_last, self.test_tta = channels_last, test_tta
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
+        if compile:
+            net.compile()  # in place: state-dict keys (and so checkpoints) stay as without
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_config = optimizer, scheduler
-        self.test_tta: str | None = None  # "hflip": test with flip TTA (train's test_tta)
         self.val_metrics = segmentation_metrics("val/")
         self.test_metrics = segmentation_metrics("test/")
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) loader images → normalised float (float images unchanged)."""
+        """uint8 (N, 3, H, W) loader images → float (x − 255·mean) / (255·std), albumentations'
+        ``Normalize`` formula; float images (an older pipeline normalised them) unchanged."""
         return normalize(images, self.input_mean, self.input_std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -74,12 +118,18 @@ class SegmentationModule(L.LightningModule):
         return batch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised (N, 3, H, W) float → (N, 1, H, W) logits."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
+    def _augmented(self) -> bool:
+        """Test-time augmentation applies when evaluating outside ``fit``."""
+        fn = self._trainer.state.fn if self._trainer is not None else None
+        return self.test_tta == "hflip" and fn in (TrainerFn.TESTING, TrainerFn.VALIDATING)
+
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if stage == "test" and self.test_tta == "hflip":  # mean probability with the mirror's
+        if stage != "train" and self._augmented():  # mean probability with the mirror's
             logits = hflip_average(self, batch["image"])
         else:
             logits = self(batch["image"])
@@ -112,6 +162,8 @@ class SegmentationModule(L.LightningModule):
         return self._eval_step(batch, "test", self.test_metrics)
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("this module was built without an optimizer (evaluation only)")
         optimizer = self.optimizer_factory(params=self.parameters())
         if not self.scheduler_config or self.scheduler_config.get("scheduler") is None:
             return optimizer

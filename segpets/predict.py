@@ -24,13 +24,13 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from segpets.cli import entry_point
-from segpets.config_checks import check_resolvable
-from segpets.data.oxford_pet import load_rgb
+from segpets.command.checks import check_resolvable
+from segpets.command.entry import entry_point
+from segpets.command.record import accept_run, task_run
+from segpets.data.files import load_rgb
 from segpets.errors import ConfigError, DataError
-from segpets.evaluation.inference import Model, load_model
-from segpets.evaluation.ops import check_tta, resize_logits
-from segpets.runlog import accept_run, task_run
+from segpets.evaluation.logits import check_tta, resize_logits
+from segpets.inference.model import Model, load_model
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _predict_batch(model: Model, images: dict[Path, np.ndarray], plan, tta, cut)
 
 
 @entry_point("predict")
-@hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
+@hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
     with task_run(cfg, record=False):  # the masks' folder gets predict.log, no .hydra/
         skipped = predict(cfg)

@@ -13,16 +13,20 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from segpets.build import build_callbacks, build_loggers, build_module, instantiate_or_explain
-from segpets.callbacks.best import BestMetric
+from segpets.callbacks.best_metric import BestMetric
 from segpets.callbacks.resume import exit_code_on_preemption
-from segpets.checkpoint_io import refuse_overwrite, resolve_ckpt_path
-from segpets.cli import entry_point
-from segpets.config_checks import check_launch, check_resolvable, check_values
-from segpets.distributed import check_eval_shards, without_cpu_sync_batchnorm
+from segpets.checkpoints.resume import refuse_overwrite, resolve_ckpt_path
+from segpets.command.build import (
+    build_callbacks,
+    build_loggers,
+    build_module,
+    instantiate_or_explain,
+)
+from segpets.command.checks import check_launch, check_resolvable, check_values
+from segpets.command.distributed import check_eval_shards, without_cpu_sync_batchnorm
+from segpets.command.entry import entry_point
+from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
-from segpets.evaluation.ops import check_tta
-from segpets.runlog import accept_run, task_run
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_launch()
     check_resolvable(cfg)
     check_values(cfg)
-    check_tta(cfg.get("test_tta"), "test_tta")
     if not (cfg.get("train") or cfg.get("test")):
         raise ConfigError("train=false test=false: nothing to do")
     if cfg.get("seed") is not None:
@@ -81,7 +84,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test"):
         tested = _best_checkpoint(trainer) if cfg.get("train") else str(ckpt_path)
         with exit_code_on_preemption(trainer):
-            module.test_tta = cfg.get("test_tta")
             metrics.update(_test(trainer, module, datamodule, tested))
     _log_hparams(cfg, trainer, metrics)
     return metrics
@@ -102,7 +104,7 @@ def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -
         for split in splits:  # every file of every split checked before the first step
             datamodule.dataset(split)
         check_eval_shards(datamodule, [s for s in splits if s != "train"], trainer.world_size)
-    ckpt_path = resolve_ckpt_path(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, module.hparams.config)
     if not training:
         if ckpt_path is None:
             raise ConfigError(
@@ -130,7 +132,7 @@ def _test(
     results = _floats(results[0])
     if trainer.is_global_zero:
         out = Path(trainer.default_root_dir) / "test_metrics.json"
-        tta = getattr(module, "test_tta", None)
+        tta = module.test_tta
         record = {"ckpt_path": ckpt or None, "tta": tta, "metrics": results}
         out.write_text(json.dumps(record, indent=2))
         print(
@@ -168,7 +170,7 @@ def _floats(metrics) -> dict[str, float]:
 
 
 @entry_point("train")
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``best/<optimized_metric>`` (the best value over the run, in
     that metric's direction) so sweepers can optimise it."""

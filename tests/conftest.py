@@ -7,13 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
-import segpets  # noqa: F401  (registers the resolvers segpets' configs use)
-
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
+CONFIG_MODULE = "segpets.configs"  # the configs ship inside the package
+CONFIG_DIR = REPO / "segpets" / "configs"
 MINI_DATA = Path(
     os.environ.get("SEGPETS_MINI_DATA", REPO.parent / "shared" / "data" / "oxford-pet-mini")
 )
@@ -70,7 +69,7 @@ TINY_SYNTHETIC = [
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     """The real train config, composed as the CLI would, writing under ``output_dir``."""
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
@@ -83,7 +82,7 @@ def fit_steps(cfg: DictConfig, out: Path, steps: int = 8):
     import lightning as L
     import torch
 
-    from segpets.build import build_module, instantiate_or_explain
+    from segpets.command.build import build_module, instantiate_or_explain
 
     L.seed_everything(0)
     module = build_module(cfg)

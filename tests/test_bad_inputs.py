@@ -4,7 +4,7 @@ The rule for every error row: exactly one ``segpets: error: ...`` line naming th
 key, exit code 2, no Python traceback (``HYDRA_FULL_ERROR=1`` shows it), and every file that
 existed before the run (data, checkpoints, earlier runs) byte-identical afterwards.
 An unknown config *group option* (``model=nope``) is caught before Hydra composes
-(``segpets.errors.check_group_choices``), so it follows the same rule and lists the choices.
+(``segpets.command.entry.check_group_choices``), so it follows the same rule and lists the choices.
 
 The CLIs run in-process (``segpets.train.main`` with ``sys.argv``: what ``python -m`` runs,
 without 10 s of interpreter start per row); tests/test_entrypoints.py runs them as processes.
@@ -30,13 +30,8 @@ from PIL import Image
 
 import segpets.eval
 import segpets.train
-from segpets.data.oxford_pet import (
-    image_path,
-    load_pair,
-    read_split,
-    scan_sample,
-    trimap_path,
-)
+from segpets.data.files import read_split
+from segpets.data.oxford_pet import image_path, load_pair, scan_sample, trimap_path
 from segpets.errors import DataError
 
 BASE = [
@@ -292,7 +287,7 @@ def test_config_row(override: str, pets: Path, tmp_path: Path, monkeypatch, capf
 )
 def test_unknown_group_option_lists_the_choices(override, choices, tmp_path, monkeypatch, capfd):
     code, err = cli(segpets.train.main, [override], tmp_path, monkeypatch, capfd)
-    line = assert_one_line_error(code, err, r"no such option in configs/\w+/")
+    line = assert_one_line_error(code, err, r"no such option in config group '\w+'")
     assert line.endswith(f"choices: {choices}")
     assert not (tmp_path / "outputs").exists()
 
@@ -405,7 +400,7 @@ def test_predict_on_a_non_image_file(tmp_path: Path, monkeypatch, capfd) -> None
     predict = pytest.importorskip("segpets.predict")
     from omegaconf import OmegaConf
 
-    from segpets.build import build_module
+    from segpets.command.build import build_module
     from tests.conftest import compose_train
 
     cfg = compose_train(["model.width=4", "data.image_size=64"], tmp_path)

@@ -61,12 +61,7 @@ def test_bench_cli_emits_every_row_and_column(tmp_path: Path) -> None:
             for fmt in ("NCHW", "channels_last")
             for p in ("fp32", "bf16")
         ),
-        *(
-            ("data", f"{c}, {f}, {w} workers")
-            for c in ("no cache", "cache")
-            for f in ("uint8", "float32")
-            for w in (0, 1)
-        ),
+        *(("data", f"{c}, {w} workers") for c in ("no cache", "cache") for w in (0, 1)),
     }
     for r in rows:
         low, mid, high = (float(r[k]) for k in ("img_per_s_min", "img_per_s", "img_per_s_max"))
@@ -88,7 +83,7 @@ def test_bench_cli_emits_every_row_and_column(tmp_path: Path) -> None:
     assert "real loader (0 workers, cache False)" in e2e["note"]
     meta = report["meta"]
     assert meta["model"] == "UNet" and meta["image_size"] == 32 and meta["batch_size"] == 4
-    note = next(r["note"] for r in rows if r["variant"] == "cache, uint8, 0 workers")
+    note = next(r["note"] for r in rows if r["variant"] == "cache, 0 workers")
     assert "cache ready in" in note
 
 
@@ -109,7 +104,7 @@ def test_timed_rates_excludes_warmup() -> None:
 def test_compiled_model_is_compiled_in_every_timed_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``model.compile=true`` compiles the net in place, and ``copy.deepcopy`` drops that: the
+    """``module.compile=true`` compiles the net in place, and ``copy.deepcopy`` drops that: the
     plain loop's and each inference variant's copy must be compiled again, or they time eager
     code under a "compile" label (measured on a GPU before the fix: "compiled" = eager speed).
     ``Module.compile`` is replaced by a recorder, so nothing is really compiled here."""
@@ -122,7 +117,7 @@ def test_compiled_model_is_compiled_in_every_timed_copy(
     compiled: list[int] = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(id(self)))
     monkeypatch.setenv("SEGPETS_CACHE_DIR", str(tmp_path / "cache"))
-    overrides = [*TINY, "model.compile=true", "peak.dtypes=[fp32]", "data_bench.workers=[]"]
+    overrides = [*TINY, "module.compile=true", "peak.dtypes=[fp32]", "data_bench.workers=[]"]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("bench", overrides=overrides)
     with open_dict(cfg):

@@ -17,7 +17,8 @@ from PIL import Image
 
 from segpets.data import PetDataModule, cache, synthetic
 from segpets.data.cache import load_or_build
-from segpets.data.oxford_pet import OxfordPetSource, image_path, load_pair, load_rgb, trimap_path
+from segpets.data.files import load_rgb
+from segpets.data.oxford_pet import OxfordPetSource, image_path, load_pair, trimap_path
 from segpets.errors import ConfigError
 from tests.conftest import compose_train
 

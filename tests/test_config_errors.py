@@ -19,8 +19,8 @@ import segpets.eval
 import segpets.export
 import segpets.predict
 import segpets.train
-from segpets.cli import check_job
-from segpets.config_checks import flatten
+from segpets.command.checks import flatten
+from segpets.command.entry import check_job
 from segpets.errors import ConfigError
 from tests.conftest import CONFIG_DIR
 from tests.test_bad_inputs import assert_one_line_error, cli
@@ -114,9 +114,7 @@ def test_min_input_size_is_what_the_model_takes(option: str, tmp_path, monkeypat
     size and not one pixel below, and a smaller data.image_size is refused up front."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         model_cfg = compose("train", overrides=[f"model={option}"]).model
-    kwargs = {
-        k: v for k, v in model_cfg.items() if k not in ("_target_", "channels_last", "compile")
-    }
+    kwargs = {k: v for k, v in model_cfg.items() if k != "_target_"}
     if "width" in kwargs:
         kwargs["width"] = 4
     cls = get_class(model_cfg._target_)

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 import segpets.train
-from segpets.data.oxford_pet import image_path, load_mask, read_split, trimap_path
+from segpets.data.files import read_split
+from segpets.data.oxford_pet import image_path, load_mask, species_and_breeds, trimap_path
 from segpets.errors import DataError
-from segpets.evaluation.report import species_and_breeds
 from tests.conftest import CASES, compose_train
 from tests.test_bad_inputs import BASE, assert_one_line_error, cli, pets, truncate  # noqa: F401
 

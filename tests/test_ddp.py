@@ -17,7 +17,7 @@ import pytest
 from hydra.utils import instantiate
 
 import segpets.train
-from segpets.build import build_module, load_checkpoint
+from segpets.checkpoints.load import load_checkpoint, module_from_checkpoint
 from segpets.metrics import PerImageDice
 from tests.test_bad_inputs import BASE, assert_one_line_error, cli, pets  # noqa: F401
 
@@ -70,8 +70,7 @@ def test_two_process_ddp_reduces_metrics_and_rank0_writes(
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
     ddp_dice = [float(r["val/dice"]) for r in rows if r.get("val/dice")][-1]
     cfg, state_dict = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    module = build_module(cfg, with_optimizer=False)
-    module.load_state_dict(state_dict)
+    module = module_from_checkpoint(cfg, state_dict)
     datamodule = instantiate(cfg.data)
     assert len(datamodule.split_names("val")) == 3
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)

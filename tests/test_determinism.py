@@ -74,7 +74,7 @@ def test_augmentations_follow_torch_seed(mini_root: Path, tmp_path: Path) -> Non
 def test_nonfinite_loss_is_stopped_or_skipped(action, mini_root: Path, tmp_path: Path, caplog):
     """A NaN loss at global step 1: ``stop`` names it and saves nothing after; ``skip`` leaves
     the weights of that step untouched and trains on; no checkpoint ever holds NaN."""
-    from segpets.callbacks.guards import NonFiniteLossError
+    from segpets.callbacks.nonfinite_loss import NonFiniteLossError
 
     cfg = tiny_cfg(
         mini_root,

@@ -14,14 +14,10 @@ from PIL import Image
 from torch import nn
 
 from segpets.data import read_split
+from segpets.data.oxford_pet import species_and_breeds
 from segpets.evaluation.collector import per_image_dice
-from segpets.evaluation.ops import HFlipTTA, hflip_average
-from segpets.evaluation.report import (
-    captioned_panel,
-    group_rows,
-    overlay_panel,
-    species_and_breeds,
-)
+from segpets.evaluation.logits import hflip_average
+from segpets.evaluation.report import captioned_panel, group_rows, overlay_panel
 from segpets.metrics import PerImageBoundaryF1, boundary, boundary_f1
 from segpets.models import UNet
 from tests.conftest import CONFIG_DIR
@@ -89,7 +85,7 @@ def test_hflip_tta_on_flip_symmetric_input_equals_no_tta() -> None:
     half = torch.randn(2, 3, 32, 16)
     images = torch.cat([half, half.flip(-1)], dim=-1)  # (2, 3, 32, 32), mirror-symmetric
     with torch.no_grad():
-        plain, tta = net(images), HFlipTTA(net)(images)
+        plain, tta = net(images), hflip_average(net, images)
     torch.testing.assert_close(tta, plain, atol=1e-5, rtol=1e-5)
     assert torch.equal(tta > 0, plain > 0)
 

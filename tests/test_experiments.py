@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.models import resnet34
 
-from segpets.build import build_module
+from segpets.command.build import build_module
 from tests.conftest import compose_train
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -32,7 +32,9 @@ def test_seed_experiments_are_the_labs_settings(
     plateau = cfg.scheduler.scheduler
     assert plateau._target_.endswith("ReduceLROnPlateau") and cfg.scheduler.monitor == "val/loss"
     assert (plateau.mode, plateau.patience, plateau.factor) == ("min", 2, 0.5)
-    assert cfg.data.image_size == 256 and list(cfg.data.mean) == list(cfg.data.std) == [0.5] * 3
+    assert cfg.data.image_size == 256
+    module = build_module(cfg, with_optimizer=False)  # the lab's Normalize(0.5, 0.5)
+    assert module.input_mean.tolist() == module.input_std.tolist() == [0.5] * 3
     assert cfg.model.get("encoder_weights") is None  # the lab trained from scratch
     assert cfg.loss._target_ == "segpets.losses.BCEDiceLoss"
     augment = [t._target_.split(".")[-1] for t in cfg.data.train_transform.transforms]
@@ -40,8 +42,9 @@ def test_seed_experiments_are_the_labs_settings(
 
 
 def test_seed_unet_is_the_labs_31m_parameter_unet(tmp_path: Path) -> None:
-    net = build_module(compose_train(["experiment=seed_unet"], tmp_path), with_optimizer=False).net
-    assert sum(p.numel() for p in net.parameters()) == 31_031_745
+    module = build_module(compose_train(["experiment=seed_unet"], tmp_path), with_optimizer=False)
+    assert sum(p.numel() for p in module.net.parameters()) == 31_031_745
+    assert module.input_mean.tolist() == module.input_std.tolist() == [0.5] * 3  # the lab's
 
 
 def test_imagenet_res34_loads_a_local_encoder_file_with_imagenet_stats(tmp_path: Path) -> None:
@@ -50,11 +53,18 @@ def test_imagenet_res34_loads_a_local_encoder_file_with_imagenet_stats(tmp_path:
     reference = resnet34(weights=None).state_dict()
     torch.save(reference, weights)
     cfg = compose_train(["experiment=imagenet_res34", f"model.encoder_weights={weights}"], tmp_path)
-    assert list(cfg.data.mean) == IMAGENET_MEAN and list(cfg.data.std) == IMAGENET_STD
     assert compose_train(["experiment=imagenet_res34"], tmp_path).model.encoder_weights == (
         "imagenet"
     )
-    encoder = build_module(cfg).net.encoder
+    module = build_module(cfg)
+    assert module.input_mean.tolist() == pytest.approx(IMAGENET_MEAN)
+    assert module.input_std.tolist() == pytest.approx(IMAGENET_STD)
+    recorded = module.hparams.config["data"]
+    assert (recorded["mean"], recorded["std"]) == (
+        pytest.approx(IMAGENET_MEAN),
+        pytest.approx(IMAGENET_STD),
+    )
+    encoder = module.net.encoder
     assert torch.equal(encoder.layer4[2].conv2.weight, reference["layer4.2.conv2.weight"])
     assert torch.equal(encoder.stem[0].weight, reference["conv1.weight"])
 

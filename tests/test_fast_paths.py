@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segpets.build import build_module
+from segpets.command.build import build_module
 from tests.conftest import compose_train
 
 MODELS = {
@@ -31,7 +31,7 @@ def module(overrides: list[str], tmp_path: Path):
 def pair(overrides: list[str], tmp_path: Path, **fast: bool):
     """(reference module, module with the fast path) sharing one set of weights, eval mode."""
     ref = module(overrides, tmp_path)
-    flags = [f"model.{key}={str(value).lower()}" for key, value in fast.items()]
+    flags = [f"module.{key}={str(value).lower()}" for key, value in fast.items()]
     fast_module = build_module(compose_train(overrides + flags, tmp_path), with_optimizer=False)
     fast_module.load_state_dict(ref.state_dict())
     return ref, fast_module.eval()
@@ -77,7 +77,7 @@ def test_bf16_mixed_training_step_matches_fp32_loss(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model", ["unet_bn", "smp_fpn"])
 def test_compile_is_in_place_and_keeps_checkpoint_keys(model: str, tmp_path: Path) -> None:
-    """model.compile=true compiles the net in place (lazily: the first forward compiles), so
+    """module.compile=true compiles the net in place (lazily: the first forward compiles), so
     checkpoints load with or without it. Compiled-vs-eager logits are measured by
     ``segpets.bench inference.compile=true``, not here (inductor takes ~45 s CPU per shape)."""
     ref, fast = pair(MODELS[model], tmp_path, compile=True)
@@ -86,10 +86,10 @@ def test_compile_is_in_place_and_keeps_checkpoint_keys(model: str, tmp_path: Pat
     assert fast.state_dict().keys() == ref.state_dict().keys()
 
 
-def test_fast_path_keys_never_reach_the_net_constructor(tmp_path: Path) -> None:
+def test_fast_paths_are_module_arguments_kept_in_checkpoints(tmp_path: Path) -> None:
     cfg = compose_train(
-        ["model.width=4", "model.channels_last=true", "model.compile=false"], tmp_path
+        ["model.width=4", "module.channels_last=true", "module.compile=false"], tmp_path
     )
     module = build_module(cfg, with_optimizer=False)
-    assert module.net.stem[0].out_channels == 4  # model.width still reaches UNet
-    assert module.hparams["config"]["model"]["channels_last"] is True  # kept in checkpoints
+    assert module.net.stem[0].out_channels == 4  # model.width reaches UNet
+    assert module.channels_last and module.hparams["config"]["module"]["channels_last"] is True

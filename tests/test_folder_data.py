@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 
 import segpets.train
-from segpets.build import instantiate_or_explain
-from segpets.data.files import IGNORE_INDEX, read_split
+from segpets.command.build import instantiate_or_explain
+from segpets.data.files import read_split
 from segpets.data.folder import FolderDataModule
 from segpets.data.oxford_pet import image_path, load_trimap, trimap_path
 from segpets.errors import ConfigError, DataError
+from segpets.labels import IGNORE_INDEX
 from tests.conftest import compose_train
 from tests.test_bad_inputs import BASE, assert_one_line_error, cli
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from segpets.data.oxford_pet import read_lines, read_split
-from segpets.evaluation.report import species_and_breeds
+from segpets.data.files import read_lines, read_split
+from segpets.data.oxford_pet import species_and_breeds
 from tests.conftest import FULL_LISTS, compose_train
 
 

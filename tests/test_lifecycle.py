@@ -15,7 +15,7 @@ import torch
 
 import segpets.train
 from segpets.callbacks.resume import resume_command
-from segpets.cli import override_arg
+from segpets.command.overrides import override_arg
 from segpets.train import train
 from tests.conftest import TINY_SYNTHETIC, compose_train
 from tests.test_bad_inputs import assert_one_line_error, cli, snapshot

@@ -23,7 +23,8 @@ import lightning as L
 import pytest
 import torch
 
-from segpets.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, check_resumable
+from segpets.checkpoints.io import AtomicCheckpointIO, atomic_torch_save
+from segpets.checkpoints.resume import check_resumable
 from segpets.errors import ConfigError
 from tests.conftest import REPO, compose_train
 

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 import segpets.train
-from segpets.cli import override_arg
+from segpets.command.overrides import override_arg
 from segpets.summarize import main as summarize_cli
 from segpets.summarize import read_curves
 from tests.conftest import REPO, TINY_SYNTHETIC

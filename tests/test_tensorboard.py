@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from segpets.callbacks.images import panel
+from segpets.callbacks.val_images import panel
 from segpets.train import train
 from tests.conftest import TINY_SYNTHETIC, compose_train
 

@@ -17,7 +17,7 @@ from tests.test_bad_inputs import assert_one_line_error, cli
 @pytest.mark.slow
 def test_train_test_tta_equals_eval_tta(tmp_path: Path, monkeypatch, capfd) -> None:
     args = ["experiment=quickstart", "trainer.max_epochs=4", "data.num_trainval=60"]
-    args += ["callbacks.progress_bar.refresh_rate=0", "logger=csv", "test_tta=hflip"]
+    args += ["callbacks.progress_bar.refresh_rate=0", "logger=csv", "module.test_tta=hflip"]
     args += ["hydra.run.dir=run"]
     code, err = cli(segpets.train.main, args, tmp_path, monkeypatch, capfd)
     assert code == 0, err[-3000:]
@@ -37,6 +37,6 @@ def test_train_test_tta_equals_eval_tta(tmp_path: Path, monkeypatch, capfd) -> N
 
 def test_unknown_test_tta_is_one_line(tmp_path: Path, monkeypatch, capfd) -> None:
     code, err = cli(
-        segpets.train.main, [*TINY_SYNTHETIC, "test_tta=vflip"], tmp_path, monkeypatch, capfd
+        segpets.train.main, [*TINY_SYNTHETIC, "module.test_tta=vflip"], tmp_path, monkeypatch, capfd
     )
-    assert_one_line_error(code, err, r"test_tta must be null or 'hflip', got 'vflip'")
+    assert_one_line_error(code, err, r"module.test_tta must be null or 'hflip', got 'vflip'")

@@ -20,11 +20,11 @@ import segpets.eval
 import segpets.export
 import segpets.predict
 import segpets.train
-from segpets.build import build_module
+from segpets.checkpoints.trust import REBUILT_SECTIONS, TRUSTED_TARGETS, check_plain_data
+from segpets.command.build import build_module
 from segpets.errors import ConfigError
-from segpets.evaluation.inference import _torchscript_extra
 from segpets.export import export_net
-from segpets.trust import REBUILT_SECTIONS, TRUSTED_TARGETS, check_plain_data
+from segpets.inference.model import _torchscript_extra
 from tests.conftest import CONFIG_DIR, TINY_SYNTHETIC, compose_train
 from tests.test_bad_inputs import RunsCode, assert_one_line_error, cli
 
@@ -142,7 +142,7 @@ def test_export_writes_only_the_checked_sections(config, tmp_path, monkeypatch, 
     code, err = cli(segpets.export.main, args, tmp_path, monkeypatch, capfd)
     assert code == 0, err[-3000:]
     embedded = json.loads(_torchscript_extra(out))
-    assert set(embedded) == {*REBUILT_SECTIONS, "trainer"}
+    assert set(embedded) == {*REBUILT_SECTIONS, "trainer", "module"}
     assert embedded["trainer"] == {"precision": config["trainer"]["precision"]}
     assert embedded["model"] == config["model"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from segpets.build import build_module
+from segpets.command.build import build_module
 from segpets.data.oxford_pet import OxfordPetSource
 from segpets.data.transforms import normalize
 from tests.conftest import compose_train

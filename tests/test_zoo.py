@@ -20,10 +20,10 @@ from safetensors.torch import save_file  # noqa: E402
 
 import segpets.train  # noqa: E402
 from segpets.bench import count_gflops, model_name  # noqa: E402
-from segpets.build import build_module  # noqa: E402
+from segpets.command.build import build_module  # noqa: E402
 from segpets.errors import ConfigError  # noqa: E402
 from segpets.losses import BCEDiceLoss  # noqa: E402
-from segpets.models import SmpNet, zoo_weights  # noqa: E402
+from segpets.models import SmpNet, smp_weights  # noqa: E402
 from tests.conftest import TINY_SYNTHETIC, compose_train  # noqa: E402
 from tests.test_bad_inputs import assert_one_line_error, cli  # noqa: E402
 
@@ -162,14 +162,17 @@ def test_bad_weights_files_are_one_line_errors(encoder: str, tmp_path: Path) -> 
 
 
 def test_statistics_follow_the_weights(tmp_path: Path) -> None:
-    """data.mean/std: the data config's without weights, the encoder's with them (config.json
-    beside a local smp file, timm's pretrained config, torchvision's for res34_unet); a value
-    typed on the command line wins."""
+    """The net owns its input statistics: none without weights (the seed's 0.5/0.5), the
+    encoder's with them (config.json beside a local smp file; timm's pretrained config for a
+    tu- encoder), recorded in the checkpoint's config; a value typed on the command line wins.
+    Composing never computes them (no import, no download)."""
     weights = encoder_file(tmp_path)
 
     def stats(*overrides: str) -> tuple[list, list]:
-        data = OmegaConf.to_container(compose_train(list(overrides), tmp_path).data, resolve=True)
-        return data["mean"], data["std"]  # what the module normalises with (test_uint8_batches)
+        cfg = compose_train(list(overrides), tmp_path)
+        assert cfg.data.mean is None or overrides[-1].startswith("data.mean")
+        recorded = build_module(cfg, with_optimizer=False).hparams.config["data"]
+        return recorded["mean"], recorded["std"]  # what the module normalises with
 
     assert stats("model=smp") == ([0.5] * 3, [0.5] * 3)
     local = f"model.encoder_weights={weights}"
@@ -178,22 +181,19 @@ def test_statistics_follow_the_weights(tmp_path: Path) -> None:
         STATS["std"],
     )
     cfg = timm.models.get_pretrained_cfg("resnet10t")
-    timm_stats = (list(cfg.mean), list(cfg.std))
-    assert stats(*zoo("Unet", "tu-resnet10t", "model.encoder_weights=imagenet")) == timm_stats
-    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    assert stats("model=res34_unet", "model.encoder_weights=imagenet") == imagenet
-    assert stats("experiment=imagenet_res34") == imagenet
+    timm_stats = {"mean": list(cfg.mean), "std": list(cfg.std)}
+    assert smp_weights.encoder_stats("tu-resnet10t", "imagenet") == timm_stats
     typed = stats("model=smp", "model.encoder_name=resnet18", local, "data.mean=[0.3,0.3,0.3]")
     assert typed == ([0.3] * 3, STATS["std"])
 
 
 def test_statistics_of_0_255_inputs_are_rescaled_and_bgr_refused() -> None:
     params = {"mean": [124.0, 116.0, 104.0], "std": [58.0, 57.0, 57.0], "input_range": [0, 255]}
-    stats = zoo_weights.checked_stats(params, "x")
+    stats = smp_weights.checked_stats(params, "x")
     assert stats["mean"] == pytest.approx([v / 255 for v in params["mean"]])
     assert stats["std"] == pytest.approx([v / 255 for v in params["std"]])
     with pytest.raises(ConfigError, match="expects BGR inputs"):
-        zoo_weights.checked_stats({**params, "input_space": "BGR"}, "x")
+        smp_weights.checked_stats({**params, "input_space": "BGR"}, "x")
 
 
 @pytest.fixture
@@ -204,9 +204,9 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         raise LocalEntryNotFoundError("hub unreachable and nothing cached")
 
     monkeypatch.setattr(smp.encoders, "hf_hub_download", unreachable)
-    zoo_weights.encoder_stats.cache_clear()
+    smp_weights.encoder_stats.cache_clear()
     yield
-    zoo_weights.encoder_stats.cache_clear()
+    smp_weights.encoder_stats.cache_clear()
 
 
 OFFLINE = r"could not download resnet34's imagenet weights from https://huggingface\.co/smp-hub/"
@@ -250,7 +250,7 @@ def test_bench_counts_flops_and_names_the_zoo_model(tmp_path: Path) -> None:
 def test_checkpoint_rebuild_needs_no_pretrained_weights(tmp_path: Path) -> None:
     """eval/predict/export rebuild a net whose weights all come from the checkpoint: the
     stored encoder_weights (a file gone since, or a download) are not needed again."""
-    from segpets.build import module_from_checkpoint
+    from segpets.checkpoints.load import module_from_checkpoint
 
     weights = encoder_file(tmp_path)
     cfg = compose_train(zoo("Unet", "resnet18", f"model.encoder_weights={weights}"), tmp_path)
@@ -280,6 +280,8 @@ def test_zoo_experiments(tmp_path: Path) -> None:
 
     weights = encoder_file(tmp_path, "resnet34")
     cfg = compose_train(["experiment=smp_unet_r34", f"model.encoder_weights={weights}"], tmp_path)
-    assert list(cfg.data.mean) == STATS["mean"] and list(cfg.data.std) == STATS["std"]
-    encoder = build_module(cfg).net.net.encoder
+    module = build_module(cfg)
+    assert module.input_mean.tolist() == pytest.approx(STATS["mean"])
+    assert module.input_std.tolist() == pytest.approx(STATS["std"])
+    encoder = module.net.net.encoder
     assert torch.equal(encoder.layer3[5].conv2.weight, load_file(weights)["layer3.5.conv2.weight"])

@@ -16,10 +16,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 pytest.importorskip("segmentation_models_pytorch", reason="model zoo: pip install .[zoo]")
 
-from segpets.build import load_checkpoint  # noqa: E402
+from segpets.checkpoints.load import load_checkpoint  # noqa: E402
 from segpets.eval import evaluate  # noqa: E402
-from segpets.evaluation.inference import load_model  # noqa: E402
 from segpets.export import export  # noqa: E402
+from segpets.inference.model import load_model  # noqa: E402
 from segpets.train import train  # noqa: E402
 from tests.conftest import compose_train, fit_steps  # noqa: E402
 from tests.test_ddp import ddp_args, run_to_completion  # noqa: E402

@@ -29,10 +29,10 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from segpets.callbacks.best import carry_best_checkpoints
-from segpets.cli import override_arg
+from segpets.checkpoints.resume import carry_best_checkpoints
+from segpets.command.overrides import override_arg
+from segpets.command.signals import request_stop
 from segpets.errors import JobStopped
-from segpets.sweep import request_stop
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,12 @@ synthetic quickstart set, and the DataModule machinery they share."""
 
 from segpets.data.datamodule import SegmentationDataModule
 from segpets.data.dataset import SegmentationDataset
-from segpets.data.files import IGNORE_INDEX, load_rgb, read_split
+from segpets.data.files import load_rgb, read_split
 from segpets.data.folder import FolderDataModule
 from segpets.data.oxford_pet import PetDataModule, load_mask
 from segpets.data.synthetic import SyntheticPetDataModule
 
 __all__ = [
-    "IGNORE_INDEX",
     "FolderDataModule",
     "PetDataModule",
     "SegmentationDataModule",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
 import torch.distributed as dist
+from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
@@ -37,8 +39,11 @@ class SegmentationDataModule(L.LightningDataModule):
     pipelines given (built from ``configs/data/*.yaml``); subclasses set ``self.source`` and
     implement :meth:`splits`.
 
-    ``image_size``, ``mean`` and ``std`` are what the pipelines were built with; they are kept
-    here so checkpoints and reports can say how inputs were prepared.
+    ``image_size`` is what the pipelines resize to. ``mean``/``std`` are the normalisation the
+    module applies to these uint8 batches on the device (``data.mean``/``std``; ``None``: the
+    net's own), kept here so reports can say how inputs were prepared. ``num_workers``: loader
+    processes, or ``"auto"``: Lightning's ``suggested_max_num_workers`` for the trainer's
+    devices on this machine (the usable CPUs per device, minus one).
     """
 
     source: SampleSource
@@ -49,10 +54,10 @@ class SegmentationDataModule(L.LightningDataModule):
         train_transform: Transform,
         eval_transform: Transform,
         image_size: int = 256,
-        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         batch_size: int = 16,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         cache: bool = False,
@@ -69,7 +74,14 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_transform, self.eval_transform = train_transform, eval_transform
         warn_misaligned_mask_resizes(train_transform, "data.train_transform")
         warn_misaligned_mask_resizes(eval_transform, "data.eval_transform")
-        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        if num_workers != "auto" and (
+            isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
+        ):
+            raise ConfigError(
+                f"data.num_workers must be an integer >= 0 or auto, got {num_workers!r}"
+            )
+        self.image_size = image_size
+        self.mean, self.std = (tuple(v) if v is not None else None for v in (mean, std))
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         if cache and not cache_dir:
@@ -194,17 +206,25 @@ class SegmentationDataModule(L.LightningDataModule):
         sampler = (
             UnrepeatedDistributedSampler(ds, shuffle=False) if distributed and not shuffle else None
         )
+        workers = self.loader_workers()
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            persistent_workers=self.persistent_workers and workers > 0,
             collate_fn=collate_skipping_bad if self.bad_samples == "skip" else None,
             drop_last=shuffle and len(ds) > self.batch_size,  # no size-1 batches for BatchNorm
         )
+
+    def loader_workers(self) -> int:
+        """``num_workers``, with ``"auto"`` resolved for this trainer's devices."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        devices = self.trainer.num_devices if self.trainer is not None else 1
+        return suggested_max_num_workers(devices)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -27,7 +27,7 @@ class SampleSource:
     :meth:`files`, :meth:`mask_from_image` and :attr:`cache_key`; the rest (pairs, the
     pre-scan) is shared, so every dataset gets the same checks and messages.
 
-    Masks are (H, W) uint8: 0 background, 1 foreground, 255 ignored (``files.IGNORE_INDEX``).
+    Masks are (H, W) uint8: 0 background, 1 foreground, 255 ignored (:mod:`segpets.labels`).
     """
 
     mask_kind = "mask"  # how messages call the mask file ("trimap" for Oxford-IIIT Pet)

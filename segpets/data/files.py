@@ -1,7 +1,6 @@
 """Reading images, masks and list files as any tool writes them, every failure naming its file.
 
-Masks everywhere in segpets are (H, W) uint8 with 0 = background, 1 = foreground (pet) and
-:data:`IGNORE_INDEX` (255) = a pixel that counts in neither the loss nor any metric.
+Masks are decoded into the labels of :mod:`segpets.labels` by each dataset's source.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from segpets.errors import DataError
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = 255  # mask value of pixels left out of the loss and every metric
 
 
 def read_lines(path: Path) -> list[str]:

@@ -21,8 +21,9 @@ from PIL import Image
 
 from segpets.data.datamodule import SPLITS, SegmentationDataModule
 from segpets.data.dataset import SampleSource
-from segpets.data.files import IGNORE_INDEX, read_lines, read_split
+from segpets.data.files import read_lines, read_split
 from segpets.errors import ConfigError, DataError
+from segpets.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

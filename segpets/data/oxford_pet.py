@@ -9,7 +9,7 @@ is converted to RGB, and every failure names its file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,16 @@ from PIL import Image
 
 from segpets.data.datamodule import SegmentationDataModule
 from segpets.data.dataset import SampleSource
-from segpets.data.files import IGNORE_INDEX, decode, load_rgb, read_lines, read_split
+from segpets.data.files import decode, read_lines, read_split
 from segpets.errors import ConfigError, DataError
+from segpets.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-__all__ = ["PetDataModule", "OxfordPetSource", "load_mask", "load_rgb", "read_lines", "read_split"]
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 # what trimap value 3 ("not classified" in the dataset's readme) becomes: data.border
 BORDER_LABELS = {"pet": 1, "background": 0, "ignore": IGNORE_INDEX}
+SPECIES = {"1": "cat", "2": "dog"}  # list.txt's species column
 TORCHVISION_FOLDER = "oxford-iiit-pet"  # torchvision's OxfordIIITPet writes <root>/oxford-iiit-pet
 
 
@@ -97,6 +97,24 @@ def trimap_to_mask(trimap: np.ndarray, border: str = "pet") -> np.ndarray:
 def load_mask(path: Path, border: str = "pet") -> np.ndarray:
     """(H, W) uint8 mask of a trimap file (see :func:`trimap_to_mask`)."""
     return trimap_to_mask(load_trimap(path), border)
+
+
+def species_and_breeds(root: Path, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """name → (species, breed) from ``annotations/list.txt`` (``<name> <class> <species>
+    <breed id>``, species 1 = cat, 2 = dog). The breed is the name without its trailing
+    ``_<number>``. Names not in list.txt (or no list.txt) fall back to the dataset's naming
+    rule: capitalised names are cats, lower-case ones dogs."""
+    listed: dict[str, str] = {}
+    list_file = root / "annotations" / "list.txt"
+    if list_file.is_file():
+        for line in read_lines(list_file):  # byte-order marks, CRLF and # comments handled
+            parts = line.split()
+            if len(parts) >= 3:
+                listed[parts[0]] = SPECIES.get(parts[2], "unknown")
+    return {
+        n: (listed.get(n) or ("cat" if n[:1].isupper() else "dog"), n.rsplit("_", 1)[0])
+        for n in names
+    }
 
 
 class OxfordPetSource(SampleSource):
@@ -216,8 +234,6 @@ class PetDataModule(SegmentationDataModule):
         )
 
     def sample_labels(self, names: list[str]) -> dict[str, dict[str, str]]:
-        from segpets.evaluation.report import species_and_breeds
-
         labels = species_and_breeds(self.root, names)
         return {n: {"species": labels[n][0], "breed": labels[n][1]} for n in names}
 

@@ -1,3 +1,3 @@
-"""Evaluation and inference beyond the training loop: the eval report (per-image results,
-per-species/breed breakdown, worst-image overlays, full-resolution scoring), flip TTA, and
-the preprocessing/backends shared by ``segpets.predict`` and ``segpets.export``."""
+"""Evaluation beyond the training loop: the eval report (per-image results, per-species/breed
+or per-group breakdown, worst-image overlays, full-resolution scoring) and the operations on
+logits shared with the module and predict (flip TTA, resizing)."""

@@ -11,9 +11,9 @@ import torch
 from torchmetrics.functional.classification import binary_f1_score
 
 from segpets.data.dataset import SampleSource
-from segpets.data.files import IGNORE_INDEX
-from segpets.evaluation.ops import resize_logits
+from segpets.evaluation.logits import resize_logits
 from segpets.evaluation.report import captioned_panel
+from segpets.labels import IGNORE_INDEX
 from segpets.metrics import PerImageBoundaryF1, binarize, segmentation_metrics
 
 

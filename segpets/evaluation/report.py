@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import csv
 import statistics
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from segpets.data.files import read_lines
-
-SPECIES = {"1": "cat", "2": "dog"}
 # overlay colours (RGB): correct pet, false positive (background called pet), missed pet
 TP_COLOUR, FP_COLOUR, FN_COLOUR = (40, 200, 60), (230, 30, 30), (40, 90, 255)
-
-
-def species_and_breeds(root: Path, names: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """name → (species, breed) from ``annotations/list.txt`` (``<name> <class> <species>
-    <breed id>``, species 1 = cat, 2 = dog). The breed is the name without its trailing
-    ``_<number>``. Names not in list.txt (or no list.txt) fall back to the dataset's naming
-    rule: capitalised names are cats, lower-case ones dogs."""
-    listed: dict[str, str] = {}
-    list_file = root / "annotations" / "list.txt"
-    if list_file.is_file():
-        for line in read_lines(list_file):  # byte-order marks, CRLF and # comments handled
-            parts = line.split()
-            if len(parts) >= 3:
-                listed[parts[0]] = SPECIES.get(parts[2], "unknown")
-    return {
-        n: (listed.get(n) or ("cat" if n[:1].isupper() else "dog"), n.rsplit("_", 1)[0])
-        for n in names
-    }
 
 
 def group_rows(records: list[dict], key: str) -> list[dict]:

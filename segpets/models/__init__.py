@@ -5,7 +5,7 @@ is imported only when one is built.
 """
 
 from segpets.models.resnet_unet import ResNet34UNet
+from segpets.models.smp import SmpNet
 from segpets.models.unet import UNet
-from segpets.models.zoo import SmpNet
 
 __all__ = ["UNet", "ResNet34UNet", "SmpNet"]

@@ -71,7 +71,8 @@ class ResNet34UNet(nn.Module):
     """ResNet34 encoder + decoder of transposed convs and DoubleConvs over the encoder skips.
 
     The decoder ends at H/2; a last transposed conv brings it to H, and the logits are resized
-    to the input's exact H×W, so any input size works.
+    to the input's exact H×W, so any input size works. ``input_mean``/``input_std``: the
+    ImageNet statistics when ``encoder_weights`` is set (``None`` from scratch).
     """
 
     def __init__(
@@ -82,6 +83,11 @@ class ResNet34UNet(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = ResNet34Encoder(encoder_weights)
+        # the ImageNet statistics torchvision's weights were trained with (from their own
+        # transforms), when the encoder starts from them; None from scratch
+        preset = ResNet34_Weights.IMAGENET1K_V1.transforms() if encoder_weights else None
+        self.input_mean = tuple(preset.mean) if preset else None
+        self.input_std = tuple(preset.std) if preset else None
         enc = self.encoder.channels
         in_channels = [enc[-1], *decoder_channels[:-1]]
         skip_channels = enc[-2::-1]  # 256, 128, 64, 64
@@ -95,17 +101,6 @@ class ResNet34UNet(nn.Module):
         self.final_up = nn.ConvTranspose2d(last, last // 2, kernel_size=2, stride=2)
         self.final_conv = DoubleConv(last // 2, last // 2, batch_norm=True)
         self.head = nn.Conv2d(last // 2, num_classes, kernel_size=1)
-
-    @staticmethod
-    def pretrained_input_stats(model: dict) -> dict[str, list[float]] | None:
-        """The ImageNet mean/std torchvision's ResNet34 weights were trained with (from the
-        weights' own transforms) when ``model.encoder_weights`` is set (``imagenet``, or a
-        local copy of those weights), else ``None``: the ``${segpets.input_stats:...}``
-        resolver behind ``data.mean``/``data.std``."""
-        if model.get("encoder_weights") is None:
-            return None
-        preset = ResNet34_Weights.IMAGENET1K_V1.transforms()
-        return {"mean": list(preset.mean), "std": list(preset.std)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)  # [H/2, H/4, H/8, H/16, H/32]

@@ -1,0 +1,208 @@
+"""What every Hydra entry point checks on its command line before Hydra creates anything.
+
+Hydra reports a bad override (an unknown key, bad syntax, an unknown config option) with a
+multi-line message and exit code 1, and a value it cannot resolve (``???``, an unset
+``${oc.env:...}``) only when something reads it. segpets composes the config as Hydra will,
+from the same config search path (segpets' own configs in ``segpets.configs``, a
+``--config-dir``, ``hydra.searchpath`` entries), and runs its config checks on it
+(:mod:`segpets.command.checks`): each problem is one ``segpets: error:`` line naming the
+override or key, exit code 2, and no run folder is created. A sweep's overrides are expanded
+into its jobs, and every job is checked before any starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
+from hydra.core.config_search_path import SearchPathQuery
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.object_type import ObjectType
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from segpets.command.checks import check_launch, check_resolvable, check_values
+from segpets.command.overrides import sweep_jobs
+from segpets.command.signals import sweep_signals
+from segpets.errors import USER_ERROR_EXIT_CODE, ConfigError
+
+CONFIG_PATH = "configs"  # every entry point's hydra.main(config_path=...), inside the package
+MAX_JOBS_CHECKED = 64  # a bigger grid is left to Hydra (composing takes ~0.1 s a job)
+
+
+def entry_point(config_name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+    """Decorate a ``@hydra.main`` function: the config search path and group options, then
+    override syntax and keys (of every job of a sweep), are checked first."""
+
+    def wrap(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
+        @functools.wraps(hydra_main)
+        def main() -> Any:
+            multirun = check_command_line(sys.argv[1:], config_name)
+            with sweep_signals(multirun):  # Ctrl-C on a sweep: jobs save, none starts anew
+                return hydra_main()
+
+        return main
+
+    return wrap
+
+
+def check_command_line(argv: list[str], config_name: str) -> bool:
+    """Everything :func:`entry_point` checks, on ``argv`` (the arguments after the command);
+    exits 2 with one line on the first problem. Returns whether this is a multirun (``-m``, or
+    ``hydra.mode: MULTIRUN`` as the Optuna config sets)."""
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.config_path is not None:  # another primary config folder: Hydra's own checks
+        return bool(args.multirun)
+    config_name = args.config_name or config_name
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException as err:
+        _fail(err)
+    with _hydra(args.config_dir) as hydra:
+        searchpath = [o.input_line for o in overrides if o.get_key_element() == "hydra.searchpath"]
+        _check_sources(hydra, config_name, searchpath)
+        check_group_choices(hydra, config_name, args.overrides, searchpath)
+        if args.cfg or args.help or args.hydra_help or args.info or args.shell_completion:
+            return bool(args.multirun)
+        return check_jobs(hydra, config_name, overrides) or bool(args.multirun)
+
+
+@contextmanager
+def _hydra(config_dir: str | None) -> Iterator[Hydra]:
+    """A Hydra instance with the search path ``hydra.main`` builds for segpets' commands:
+    segpets' configs, Hydra's own, plugins', and ``--config-dir`` first, as Hydra adds it."""
+    search_path = create_automatic_config_search_path(None, "segpets.train", CONFIG_PATH)
+    if config_dir is not None:
+        folder = Path(config_dir).expanduser().absolute()
+        if not folder.is_dir():
+            _fail(ConfigError(f"--config-dir: no such folder '{folder}'"))
+        search_path.prepend("command-line", f"file://{folder}", SearchPathQuery("schema"))
+    try:
+        yield Hydra.create_main_hydra2(task_name="segpets", config_search_path=search_path)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _check_sources(hydra: Hydra, config_name: str, searchpath: list[str]) -> None:
+    """Every config source of the search path (``hydra.searchpath=[...]`` included) exists:
+    Hydra only warns about one that does not, and then reports its options as missing."""
+    _, repo = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, searchpath)
+    for source in repo.get_sources():
+        if source.scheme() != "structured" and not source.available():
+            where = "--config-dir" if source.provider == "command-line" else "hydra.searchpath"
+            _fail(
+                ConfigError(
+                    f"{where}: '{source.full_path()}' is not a config folder or package "
+                    f"(file:///absolute/folder or pkg://importable.package)"
+                )
+            )
+
+
+def check_group_choices(
+    hydra: Hydra, config_name: str, argv: list[str], searchpath: list[str]
+) -> None:
+    """Reject ``group=option`` overrides naming no option of a config group in any folder of
+    the search path, as one line and exit 2 listing every option there (segpets' and yours).
+    Hydra would reject them too, but with exit 1 and a multi-line message; lists and sweep
+    syntax (``[a,b]``, ``choice(...)``) are left to Hydra."""
+    loader = hydra.config_loader
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        sweep_syntax = value.startswith("[") or any(c in value for c in "($")
+        if not sep or "." in key or sweep_syntax:
+            continue
+        options = loader.get_group_options(key, ObjectType.CONFIG, config_name, searchpath)
+        if not options and not loader.get_group_options(key, None, config_name, searchpath):
+            continue  # not a config group
+        for option in value.split(","):
+            if option not in options and option != "null":
+                _fail(
+                    ConfigError(
+                        f"{key}={option}: no such option in config group '{key}' (segpets' "
+                        f"configs{_and_yours(hydra, searchpath)}); choices: {', '.join(options)}"
+                    )
+                )
+
+
+def _and_yours(hydra: Hydra, searchpath: list[str]) -> str:
+    own = [p.path for p in hydra.config_loader.get_search_path().get_path()]
+    own = [p for p in own if p.startswith("file://") and p not in ("file://",)]
+    extra = own + [p for o in searchpath for p in _listed(o)]
+    return f" and {', '.join(extra)}" if extra else ""
+
+
+def _listed(override: str) -> list[str]:
+    value = OverridesParser.create().parse_override(override).value()
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def check_jobs(hydra: Hydra, config_name: str, overrides: list) -> bool:
+    """Compose ``config_name`` with the overrides as Hydra will (each job of a sweep) and run
+    segpets' config checks on it; exit 2 with one line on the first failure. Sweeps Hydra's
+    basic sweeper cannot expand are left to Hydra. Returns whether the config asks for a
+    multirun (``hydra.mode: MULTIRUN``)."""
+    jobs = sweep_jobs(overrides)
+    if jobs is None or len(jobs) > MAX_JOBS_CHECKED:
+        return True
+    multirun = False
+    for job in jobs:
+        shown = job if len(jobs) > 1 else None
+        try:
+            cfg = hydra.compose_config(config_name, job, RunMode.RUN)
+        except (HydraException, OmegaConfBaseException) as err:
+            _fail(err, shown)
+        try:
+            check_job(cfg)
+        except ConfigError as err:
+            _fail(err, shown)
+        multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
+    return multirun
+
+
+def check_job(cfg: DictConfig) -> None:
+    """segpets' config checks (:mod:`segpets.command.checks`) on one composed job config (with
+    its ``hydra`` node), as the task will see it: Hydra's run folder filled in, so values that
+    interpolate ``${hydra:runtime.output_dir}`` resolve too. Raises ``ConfigError``."""
+    hydra_config = HydraConfig.instance()
+    previous = hydra_config.cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path.cwd() / "<run folder>")
+    task = copy.deepcopy(cfg)
+    with open_dict(task):
+        del task["hydra"]
+    try:
+        hydra_config.set_config(cfg)
+        if cfg.hydra.job.chdir:
+            check_launch()
+        check_resolvable(task)
+        check_values(task)
+        for key in ("hydra.run.dir", "hydra.sweep.dir"):  # resolved by Hydra before the task
+            OmegaConf.select(cfg, key, throw_on_missing=False)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{getattr(err, 'full_key', None)}: {str(err).splitlines()[0]}") from None
+    finally:
+        hydra_config.cfg = previous
+
+
+def _fail(err: Exception, job: list[str] | None = None) -> NoReturn:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = " ".join(line for line in lines if not line.startswith(("full_key:", "object_type")))
+    where = f" (sweep job {' '.join(job)})" if job else ""
+    print(f"segpets: error: {detail or type(err).__name__}{where}", file=sys.stderr, flush=True)
+    raise SystemExit(USER_ERROR_EXIT_CODE)

@@ -1,0 +1,1 @@
+"""Hydra configs of segpets, shipped inside the package: ``pkg://segpets.configs``."""
