@@ -163,6 +163,7 @@ def _log_hparams(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float])
             params[key] = value
     for lg in loggers:
         lg.log_hyperparams(params, final)
+        lg.finalize("success")  # the trainer closed its writer; this one is new: flush and close it
 
 
 def _floats(metrics) -> dict[str, float]:
