@@ -21,7 +21,6 @@ Writes ``bench.md``, ``bench.csv`` and ``bench.json`` to the run folder and prin
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import json
 import logging
@@ -41,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from segpets.benchmark.data import data_rows, end_to_end_rates, end_to_end_row
 from segpets.benchmark.model import inference_rows, train_rates
 from segpets.benchmark.timing import StepTimes, Timer, count_gflops, matmul_peak, timed_rates
+from segpets.command import tables
 from segpets.command.build import build_module, instantiate_or_explain
 from segpets.command.entry import entry_point
 from segpets.command.record import accept_run, task_run
@@ -193,13 +193,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"torch {meta['torch']}, {meta['threads']} threads, load average "
         f"{meta['load_average']}, {meta['date_utc']} UTC. {meta['timing']}."
     )
-    lines = [head, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+    return f"{head}\n\n{tables.markdown(rows, COLUMNS, _fmt)}\n"
 
 
-def _fmt(value: Any) -> str:
+def _fmt(column: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
@@ -210,10 +207,7 @@ def write_reports(rows: list[dict], meta: dict, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.md").write_text(table)
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    with (out / "bench.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    tables.write_csv(out / "bench.csv", rows, COLUMNS)
     return table
 
 

@@ -29,10 +29,11 @@ from segpets.command.build import instantiate_or_explain
 from segpets.command.checks import check_resolvable
 from segpets.command.entry import entry_point
 from segpets.command.record import accept_run, task_run
+from segpets.command.tables import markdown, write_csv
 from segpets.errors import ConfigError
 from segpets.evaluation.collector import EvalCollector
 from segpets.evaluation.logits import check_tta
-from segpets.evaluation.report import format_table, group_rows, save_png, write_csv
+from segpets.evaluation.report import group_rows, save_png
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     if plain is not None:
         report["metrics_without_tta"] = plain
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    print(format_table(columns))
+    print(metrics_table(columns))
     dice = metrics.get(f"{cfg.split}/dice", float("nan"))
     print(f"{cfg.split}/dice (per-image mean Dice) = {dice:.4f}  [all metrics: {output_dir}]")
     if empty["images_empty_truth"]:
@@ -148,6 +149,14 @@ def _columns(metrics: dict[str, float], split: str, suffix: str) -> dict[str, di
     if fullres:
         columns[f"full-res{suffix}"] = fullres
     return columns
+
+
+def metrics_table(columns: dict[str, dict[str, float]]) -> str:
+    """Metrics as rows, one column per evaluated variant (e.g. eval-res, full-res, +hflip), as
+    a Markdown table; a metric a variant lacks is an empty cell."""
+    names = dict.fromkeys(k for col in columns.values() for k in col)
+    rows = [{"metric": n, **{c: col.get(n) for c, col in columns.items()}} for n in names]
+    return markdown(rows, ["metric", *columns])
 
 
 def _write_breakdown(collector: EvalCollector, datamodule, out: Path, logger) -> None:

@@ -30,6 +30,7 @@ from segpets.command.record import accept_run, task_run
 from segpets.data.files import load_rgb
 from segpets.errors import ConfigError, DataError
 from segpets.evaluation.logits import check_tta, resize_logits
+from segpets.evaluation.overlays import draw_mask
 from segpets.inference.model import Model, load_model
 
 log = logging.getLogger(__name__)
@@ -128,19 +129,24 @@ def predict(cfg: DictConfig) -> list[str]:
     return skipped
 
 
+def overlay(image: np.ndarray, mask: torch.Tensor) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 with the predicted pet ``mask`` (H, W) bool drawn in the pet
+    colour of :mod:`segpets.evaluation.overlays` → (H, W, 3) uint8."""
+    chw = torch.tensor(image).permute(2, 0, 1)  # a copy: arrays read from PIL are read-only
+    return draw_mask(chw, mask).permute(1, 2, 0).numpy()
+
+
 def _predict_batch(model: Model, images: dict[Path, np.ndarray], plan, tta, cut) -> None:
     batch = torch.stack([model.preprocess(img) for img in images.values()])  # (N, 3, h, w)
     logits = model.logits(batch, tta=tta)  # (N, 1, h, w)
     for i, (path, image) in enumerate(images.items()):
         full = resize_logits(logits[i : i + 1], image.shape[:2])[0, 0]  # (H, W)
-        mask = (full > cut).numpy()
+        mask = full > cut
         targets = plan[path]
         targets["mask"].parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(targets["mask"])
+        Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(targets["mask"])
         if "overlay" in targets:
-            tinted = image.copy()
-            tinted[mask] = (0.5 * image[mask] + [0, 0, 127]).astype(np.uint8)
-            Image.fromarray(tinted).save(targets["overlay"])
+            Image.fromarray(overlay(image, mask)).save(targets["overlay"])
         if "probabilities" in targets:
             prob = (torch.sigmoid(full) * 255).round().byte().numpy()
             Image.fromarray(prob).save(targets["probabilities"])

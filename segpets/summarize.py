@@ -13,7 +13,6 @@ Test Dice comes from ``test_metrics.json``, the file ``segpets.train`` writes af
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from segpets.command import tables
 from segpets.errors import ConfigError, user_errors
 
 COLUMNS = ("run", "overrides", "best_val_dice", "test_dice", "epochs", "wall_s")
@@ -135,25 +135,16 @@ def table(runs: list[Run], sort: str = "best_val_dice") -> tuple[list[dict], lis
 
 
 def markdown(rows: list[dict], root: Path) -> str:
+    """The rows as a Markdown table: run folders relative to ``root``, wall time to 0.1 s."""
+
     def cell(key: str, value: object) -> str:
         if key == "run":
             return str(Path(str(value)).relative_to(root)) if value != str(root) else "."
-        if isinstance(value, float):
-            return (
-                "–" if math.isnan(value) else f"{value:.1f}" if key == "wall_s" else f"{value:.4f}"
-            )
-        return str(value)
+        if key == "wall_s" and isinstance(value, float) and not math.isnan(value):
+            return f"{value:.1f}"
+        return tables.format_cell(key, value)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(k, row[k]) for k in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    return tables.markdown(rows, COLUMNS, cell)
 
 
 def plot(runs: list[Run], labels: list[str], out: Path) -> list[Path]:
@@ -196,7 +187,7 @@ def summarize(root: Path, sort: str = "best_val_dice", out: Path | None = None) 
     rows, common = table(runs, sort)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "summary.csv")
+    tables.write_csv(out / "summary.csv", rows, COLUMNS)
     own = dict(zip((str(r.path) for r in runs), varying(runs)[0], strict=True))
     labels = [" ".join(own[str(r.path)]) or r.path.name for r in runs]
     plots = plot(runs, labels, out)

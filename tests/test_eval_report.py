@@ -13,13 +13,16 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch import nn
 
+from segpets.callbacks.val_images import panel
 from segpets.data import read_split
 from segpets.data.oxford_pet import species_and_breeds
 from segpets.evaluation.collector import per_image_dice
 from segpets.evaluation.logits import hflip_average
+from segpets.evaluation.overlays import FALSE_PET_RGB, MISSED_PET_RGB, PET_RGB
 from segpets.evaluation.report import captioned_panel, group_rows, overlay_panel
 from segpets.metrics import PerImageBoundaryF1, boundary, boundary_f1
 from segpets.models import UNet
+from segpets.predict import overlay as predict_overlay
 from tests.conftest import CONFIG_DIR
 
 
@@ -210,3 +213,23 @@ def test_overlay_leaves_ignored_pixels_grey_and_untinted() -> None:
     gt, blended = panel[:, 8:12], panel[:, 16:20]
     assert (gt[:, 1] == 128).all() and (gt[:, 0] == 0).all()
     assert (blended[:, 1] == 100).all() and (blended[:, 0] != 100).any()  # column 0: red
+
+
+def test_one_palette_for_every_overlay() -> None:
+    """The validation panel, eval's worst panels and predict's overlay draw the same thing in
+    the same colour: pet (true pet) green, false pet red, missed pet blue."""
+    image = np.full((2, 2, 3), 100, np.uint8)
+    truth = np.array([[True, True], [False, False]])
+    pred = np.array([[True, False], [True, False]])
+    report = overlay_panel(image, truth, pred)[:, 12:14]  # the prediction, uint8
+    chw = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    val = panel(chw, torch.from_numpy(truth)[None, None], torch.from_numpy(pred)[None, None])
+    val = (val[:, 2:4, 10:12].permute(1, 2, 0) * 255).numpy()  # tile 3 of the grid, as uint8
+    predicted = predict_overlay(image, torch.from_numpy(pred))
+    expected = {(0, 0): PET_RGB, (1, 0): FALSE_PET_RGB, (0, 1): MISSED_PET_RGB}
+    for (y, x), rgb in expected.items():
+        drawn = (np.array(rgb) + 100) // 2  # blended at ALPHA = 0.5
+        assert report[y, x].tolist() == drawn.tolist(), (y, x)
+        assert np.abs(val[y, x] - drawn).max() <= 1, (y, x)  # [0, 1] floats: 1/255 rounding
+    assert predicted[0, 0].tolist() == predicted[1, 0].tolist() == report[0, 0].tolist()
+    assert predicted[:, 1].tolist() == image[:, 1].tolist()  # not predicted: untinted

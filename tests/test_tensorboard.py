@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from segpets.callbacks.val_images import panel
+from segpets.evaluation.overlays import FALSE_PET_RGB, IGNORED_RGB, MISSED_PET_RGB, PET_RGB
 from segpets.train import train
 from tests.conftest import TINY_SYNTHETIC, compose_train
 
@@ -17,6 +18,11 @@ TINY = [
     "trainer.log_every_n_steps=1",
     "callbacks.val_images.num_images=3",
 ]
+
+
+def colour(rgb: tuple[int, int, int]) -> torch.Tensor:
+    """A palette colour as the (3, 1, 1) float a [0, 1] image holds."""
+    return torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1) / 255
 
 
 def test_panel_rows_are_image_truth_prediction() -> None:
@@ -28,8 +34,21 @@ def test_panel_rows_are_image_truth_prediction() -> None:
     grid = panel(images, masks, preds, alpha=1.0)
     assert grid.shape == (3, 2 * 10 + 2, 3 * 10 + 2)  # 2 rows × 3 tiles of 8 px + 2 px padding
     truth, pred = grid[:, 2:10, 12:20], grid[:, 2:10, 22:30]  # first row, tiles 2 and 3
-    assert truth[1, :4].eq(1).all() and truth[1, 4:].eq(0).all()  # green where mask = 1
-    assert pred[0, :, :4].eq(1).all() and pred[0, :, 4:].eq(0).all()  # red where pred = 1
+    assert truth[:, :4].eq(colour(PET_RGB)).all() and truth[:, 4:].eq(0).all()  # pet green
+    assert pred[:, :4, :4].eq(colour(PET_RGB)).all()  # true pet: green
+    assert pred[:, 4:, :4].eq(colour(FALSE_PET_RGB)).all()  # false pet: red
+    assert pred[:, :4, 4:].eq(colour(MISSED_PET_RGB)).all()  # missed pet: blue
+    assert pred[:, 4:, 4:].eq(0).all()  # true background: the image
+
+
+def test_panel_shows_ignored_pixels_grey_in_the_truth_and_untinted_in_the_prediction() -> None:
+    images = torch.full((1, 3, 4, 4), 0.5)
+    masks, preds, ignored = (torch.zeros(1, 1, 4, 4) for _ in range(3))
+    preds[..., :2], ignored[..., 1] = 1, 1  # column 1: predicted pet, but ignored
+    grid = panel(images, masks, preds, alpha=1.0, ignored=ignored)
+    truth, pred = grid[:, 2:6, 8:12], grid[:, 2:6, 14:18]
+    assert truth[:, :, 1].eq(colour(IGNORED_RGB)[:, 0]).all() and truth[:, :, 0].eq(0.5).all()
+    assert pred[:, :, 0].eq(colour(FALSE_PET_RGB)[:, 0]).all() and pred[:, :, 1].eq(0.5).all()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import math
 from typing import Any
 
 import lightning as L
+import torch
+from torchmetrics import MaxMetric, MinMetric
 
 from segpets.errors import ConfigError
 
@@ -22,14 +24,25 @@ class BestMetric(L.Callback):
     """The best per-epoch value of ``monitor`` (``min`` or ``max``, see :func:`metric_mode`),
     read when an epoch's validation ends (as ``ModelCheckpoint`` reads its monitor), or at the
     end of a training epoch without validation. Its state rides in every checkpoint, so a
-    resumed run returns the same best as the uninterrupted one."""
+    resumed run returns the same best as the uninterrupted one. The running best is a
+    torchmetrics ``MaxMetric``/``MinMetric`` (float64, NaN dropped, never synced across ranks:
+    each rank reads the same, already reduced, logged value)."""
 
     def __init__(self, monitor: str, mode: str | None = None) -> None:
         self.monitor, self.mode = monitor, mode or metric_mode(monitor)
-        self.best: float | None = None
-        self.best_epoch: int | None = None
+        self.best_epoch: int | None = None  # None until a value that is not NaN is read
+        self._best = self._tracker()
         self._read_epoch = -1
         self._validated = False
+
+    def _tracker(self) -> MaxMetric | MinMetric:
+        kind = MinMetric if self.mode == "min" else MaxMetric
+        return kind(nan_strategy="ignore", sync_on_compute=False).set_dtype(torch.float64)
+
+    @property
+    def best(self) -> float | None:
+        """The best value read so far; ``None`` before any (NaN never counts)."""
+        return None if self.best_epoch is None else float(self._best.compute())
 
     @property
     def state_key(self) -> str:
@@ -57,16 +70,19 @@ class BestMetric(L.Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             return False
-        value = float(value)
-        better = self.best is None or (
-            value < self.best if self.mode == "min" else value > self.best
-        )
-        if better and not math.isnan(value):
-            self.best, self.best_epoch = value, trainer.current_epoch
+        value, before = float(value), self.best
+        self._best.update(value)  # a NaN is dropped
+        if not math.isnan(value) and (before is None or self.best != before):
+            self.best_epoch = trainer.current_epoch  # strictly better, or the first
         return True
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
+        best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
+        self._best.reset()
+        if best is None:
+            self.best_epoch = None
+        else:
+            self._best.update(float(best))

@@ -9,27 +9,31 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
+from segpets.evaluation.overlays import ALPHA, draw_mask, draw_outcomes
+from segpets.labels import IGNORE_INDEX, PET
 from segpets.metrics import binarize
 
-GROUND_TRUTH_RGB = (0.0, 1.0, 0.0)  # green
-PREDICTION_RGB = (1.0, 0.0, 0.0)  # red
 
-
-def overlay(image: torch.Tensor, mask: torch.Tensor, rgb: tuple[float, ...], alpha: float):
-    """``image`` (3, H, W) in [0, 1] with ``mask`` (1, H, W) ∈ {0, 1} tinted ``rgb``."""
-    color = torch.tensor(rgb, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    return torch.where(mask.bool(), (1 - alpha) * image + alpha * color, image)
-
-
-def panel(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, alpha: float = 0.45):
-    """A (3, H', W') grid: one row per image of [image | ground truth | prediction]; images
-    (N, 3, H, W) in [0, 1], masks and preds (N, 1, H, W) ∈ {0, 1}."""
+def panel(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    preds: torch.Tensor,
+    alpha: float = ALPHA,
+    ignored: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A (3, H', W') grid: one row per image of [image | ground truth | prediction], in the
+    palette of :mod:`segpets.evaluation.overlays` (truth: pet green, ignored grey; prediction:
+    true pet green, false pet red, missed pet blue). ``images`` (N, 3, H, W) float in [0, 1];
+    ``masks`` (pet), ``preds`` and ``ignored`` (N, 1, H, W) ∈ {0, 1}."""
+    ignored = torch.zeros_like(masks) if ignored is None else ignored
     tiles = []
-    for image, mask, pred in zip(images, masks, preds, strict=True):
+    for image, mask, pred, skip in zip(
+        images, masks.bool(), preds.bool(), ignored.bool(), strict=True
+    ):
         tiles += [
             image,
-            overlay(image, mask, GROUND_TRUTH_RGB, alpha),
-            overlay(image, pred, PREDICTION_RGB, alpha),
+            draw_mask(image, mask[0], skip[0], alpha),
+            draw_outcomes(image, mask[0], pred[0], skip[0], alpha),
         ]
     return make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=1.0)
 
@@ -52,12 +56,13 @@ class ValidationImages(L.Callback):
         if not samples:
             return
         images = torch.stack([s["image"] for s in samples])  # (N, 3, H, W) uint8 from the loader
-        masks = torch.stack([s["mask"] for s in samples]) == 1  # (N, 1, H, W) pet; 255 ignored
+        masks = torch.stack([s["mask"] for s in samples])  # (N, 1, H, W) labels
         inputs = pl_module.normalize(images.to(pl_module.device))
         with torch.no_grad():
             dtype = next(pl_module.parameters()).dtype  # fp32, or bf16/fp16 for *-true
             preds = binarize(pl_module(inputs.to(dtype))).cpu()
-        grid = panel(self._unnormalize(pl_module, images), masks, preds)
+        images = self._unnormalize(pl_module, images)
+        grid = panel(images, masks == PET, preds, ignored=masks == IGNORE_INDEX)
         for lg in loggers:
             lg.experiment.add_image(self.tag, grid, global_step=trainer.global_step)
 

@@ -1,16 +1,15 @@
-"""Files and tables of the eval report: per-image/species/breed CSVs, overlays, the table."""
+"""The eval report's breakdown rows (per species/breed/group) and its worst-image panels."""
 
 from __future__ import annotations
 
-import csv
 import statistics
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
-# overlay colours (RGB): correct pet, false positive (background called pet), missed pet
-TP_COLOUR, FP_COLOUR, FN_COLOUR = (40, 200, 60), (230, 30, 30), (40, 90, 255)
+from segpets.evaluation.overlays import IGNORED_RGB, draw_outcomes
 
 
 def group_rows(records: list[dict], key: str) -> list[dict]:
@@ -32,30 +31,21 @@ def group_rows(records: list[dict], key: str) -> list[dict]:
     return sorted(rows, key=lambda r: (r["dice"], r[key]))
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def overlay_panel(
     image: np.ndarray, truth: np.ndarray, pred: np.ndarray, ignored: np.ndarray | None = None
 ) -> np.ndarray:
-    """image | ground truth | prediction over the image (green right, red false pet, blue
-    missed pet); (H, W, 3) uint8 and (H, W) bool masks → (H, 3W + 8, 3) uint8. ``ignored``
-    pixels (left out of every metric) are grey in the ground truth and left untinted."""
+    """image | ground truth | prediction over the image, in the palette of
+    :mod:`segpets.evaluation.overlays` (true pet green, false pet red, missed pet blue);
+    (H, W, 3) uint8 and (H, W) bool masks → (H, 3W + 8, 3) uint8. The ground truth is drawn
+    black/white, its ``ignored`` pixels (left out of every metric) grey; the prediction leaves
+    them untinted."""
     ignored = np.zeros_like(truth) if ignored is None else ignored
-    colours = np.zeros_like(image)
-    colours[truth & pred] = TP_COLOUR
-    colours[~truth & pred] = FP_COLOUR
-    colours[truth & ~pred] = FN_COLOUR
-    marked = (truth | pred) & ~ignored
-    blended = image.copy()
-    blended[marked] = (0.45 * image[marked] + 0.55 * colours[marked]).astype(np.uint8)
+    chw = torch.tensor(image).permute(2, 0, 1)  # copies: arrays read from PIL are read-only
+    masks = (torch.tensor(m) for m in (truth, pred, ignored))
+    blended = draw_outcomes(chw, *masks).permute(1, 2, 0).numpy()
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
     gt = np.repeat((truth * 255).astype(np.uint8)[..., None], 3, axis=2)
-    gt[ignored] = 128
+    gt[ignored] = IGNORED_RGB
     return np.concatenate([image, gap, gt, gap, blended], axis=1)
 
 
@@ -98,17 +88,3 @@ def captioned_panel(
 
 def save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
-
-
-def format_table(columns: dict[str, dict[str, float]]) -> str:
-    """Metrics as rows, one column per evaluated variant (e.g. 256px, full-res, +hflip)."""
-    names = list(dict.fromkeys(k for col in columns.values() for k in col))
-    width = max(len(n) for n in names) if names else 6
-    head = f"{'metric':<{width}}" + "".join(f"  {c:>14}" for c in columns)
-    lines = [head, "-" * len(head)]
-    for name in names:
-        cells = "".join(
-            f"  {columns[c][name]:>14.4f}" if name in columns[c] else f"  {'':>14}" for c in columns
-        )
-        lines.append(f"{name:<{width}}{cells}")
-    return "\n".join(lines)
