@@ -123,7 +123,7 @@ def check_weight_shapes(model: dict[str, Any], state_dict: dict[str, Any], sourc
     }
     if built == stored:
         return
-    differ = sorted(k for k in built.keys() & stored.keys() if built[k] != stored[k])
+    differ = [k for k in built if k in stored and built[k] != stored[k]]  # the net's order
     if differ:
         detail = (
             f"{differ[0]}: {list(stored[differ[0]])} in the file, {list(built[differ[0]])} built"

@@ -179,13 +179,18 @@ def check_typed(cfg: DictConfig, command: str | None = None) -> None:
 
 
 def root_problem(problems: list[Problem], raw: dict[str, Any]) -> Problem:
-    """The first problem whose key's own (unresolved) value interpolates no other failing key."""
+    """The first problem whose value is its own: not reached through an interpolation (of its
+    key, a key inside it, or a node above it: ``module.scheduler: ${scheduler}``) of a node
+    holding another failing key."""
     keys = {p.key for p in problems}
 
+    def related(a: str, b: str) -> bool:
+        return a == b or a.startswith((b + ".", b + "[")) or b.startswith((a + ".", a + "["))
+
     def follows(problem: Problem) -> bool:
-        own = [v for k, v in raw.items() if k == problem.key or k.startswith(problem.key + "[")]
-        own += [v for k, v in raw.items() if k.startswith(problem.key + ".")]
-        return any("${" + other in str(v) for v in own for other in keys - {problem.key})
+        own = [v for k, v in raw.items() if related(k, problem.key) and "${" in str(v)]
+        targets = [t for v in own for t in re.findall(r"\$\{([\w.\[\]]+)\}", str(v))]
+        return any(related(t, other) for t in targets for other in keys - {problem.key})
 
     return next((p for p in problems if not follows(p)), problems[0])
 

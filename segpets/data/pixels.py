@@ -38,7 +38,7 @@ SCALED_MODES = GREY_16 | {"I", "F"}
 FLOAT_RANGES = (1.0, 255.0, 65535.0)  # 0-1, then what 8- and 16-bit data become as floats
 BITS_PER_SAMPLE, SAMPLE_FORMAT, SMIN_SAMPLE, SMAX_SAMPLE = 258, 339, 340, 341  # TIFF tags
 SIGNED = 2  # SampleFormat: 1 unsigned integer, 2 signed integer, 3 float
-# Lossy formats PIL names by img.format; WebP is lossy or lossless per file (its VP8/VP8L chunk)
+# Lossy formats, by PIL's img.format
 LOSSY_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG (MPO)"}
 
 
@@ -117,31 +117,14 @@ def _describe(img: Image.Image) -> str:
 
 
 def check_lossless(path: Path, img: Image.Image) -> Image.Image:
-    """``img`` if its file is stored losslessly, else ``DataError`` naming the file: a lossy
-    codec (JPEG, lossy WebP) changes label values near every edge (a 0/255 mask saved as JPEG
-    holds every value in between), which no label mapping can undo."""
+    """``img`` if its file is not a JPEG, else ``DataError`` naming the file: lossy compression
+    changes label values near every edge (a 0/255 mask saved as JPEG holds every value in
+    between, which ``data.foreground=null`` reads as pet), and no label mapping can undo it.
+    (PIL decodes every WebP as RGB, which the single-channel rule for masks refuses.)"""
     lossy = LOSSY_FORMATS.get(img.format or "")
-    if img.format == "WEBP" and _lossy_webp(path):
-        lossy = "lossy WebP"
     if lossy:
         raise DataError(
             f"mask '{path}' is a {lossy} file: lossy compression changes label values along "
-            f"every edge; save masks in a lossless format (PNG, TIFF, BMP or lossless WebP)"
+            f"every edge; save masks in a lossless format (PNG, TIFF or BMP)"
         )
     return img
-
-
-def _lossy_webp(path: Path) -> bool:
-    """Whether a WebP file's image data is a lossy ``VP8 `` chunk (lossless: ``VP8L``), read
-    from its RIFF chunk headers."""
-    data = Path(path).read_bytes()
-    offset = 12  # after "RIFF", the size and "WEBP"
-    while offset + 8 <= len(data):
-        kind, size = (
-            data[offset : offset + 4],
-            int.from_bytes(data[offset + 4 : offset + 8], "little"),
-        )
-        if kind in (b"VP8 ", b"VP8L"):
-            return kind == b"VP8 "
-        offset += 8 + size + (size & 1)
-    return False
