@@ -35,7 +35,8 @@ PARITY_SIZES = ((1, 64, 64), (3, 96, 80))  # (N, H, W) of the random parity inpu
 
 
 def export_net(net: nn.Module, config: dict, fmt: str, output: Path, opset: int = 17) -> None:
-    """Write ``net`` (eval mode, CPU) to ``output`` with ``config`` embedded."""
+    """Write ``net`` (eval mode, CPU) to ``output`` with ``config`` embedded; ``ConfigError``
+    when torch.onnx cannot export it at ``opset``."""
     example = torch.randn(2, 3, 64, 64)
     config_json = json.dumps(config)
     with warnings.catch_warnings():
@@ -46,22 +47,32 @@ def export_net(net: nn.Module, config: dict, fmt: str, output: Path, opset: int 
             return
         import onnx
 
-        dynamic = {0: "batch", 2: "height", 3: "width"}
-        # the TorchScript-based exporter: a few seconds, and the nets have no branches on
-        # sizes (segpets.models), so recorded shape ops keep H×W dynamic
-        torch.onnx.export(
-            net,
-            (example,),
-            str(output),
-            input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT],
-            dynamic_axes={ONNX_INPUT: dynamic, ONNX_OUTPUT: dynamic},
-            opset_version=opset,
-            dynamo=False,
-        )
+        try:
+            _onnx_export(net, example, output, opset)
+        except torch.onnx.errors.OnnxExporterError as err:
+            first = str(err).strip().splitlines()[0][:300]
+            raise ConfigError(
+                f"opset={opset}: torch.onnx cannot export this net: {first}"
+            ) from None
     model = onnx.load(str(output))
     model.metadata_props.add(key=CONFIG_KEY, value=config_json)
     onnx.save(model, str(output))
+
+
+def _onnx_export(net: nn.Module, example: torch.Tensor, output: Path, opset: int) -> None:
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    # the TorchScript-based exporter: a few seconds, and the nets have no branches on
+    # sizes (segpets.models), so recorded shape ops keep H×W dynamic
+    torch.onnx.export(
+        net,
+        (example,),
+        str(output),
+        input_names=[ONNX_INPUT],
+        output_names=[ONNX_OUTPUT],
+        dynamic_axes={ONNX_INPUT: dynamic, ONNX_OUTPUT: dynamic},
+        opset_version=opset,
+        dynamo=False,
+    )
 
 
 def reference_logits(net: nn.Module, source: str, sizes=PARITY_SIZES) -> list[torch.Tensor]:

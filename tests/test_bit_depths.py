@@ -96,7 +96,9 @@ def test_pictures_that_would_read_flat_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"int32\.tif' \(32-bit integer.*one flat grey"):
         load_rgb(tmp_path / "int32.tif")
     Image.fromarray(values.astype(np.float32) * 10_000).save(tmp_path / "huge.tif")
-    with pytest.raises(DataError, match=r"huge\.tif' \(32-bit float\) holds values up to 1.89e\+06"):
+    with pytest.raises(
+        DataError, match=r"huge\.tif' \(32-bit float\) holds values up to 1.89e\+06"
+    ):
         load_rgb(tmp_path / "huge.tif")
     Image.fromarray(np.zeros((4, 4), np.int32)).save(tmp_path / "black.tif")  # flat as stored
     assert (load_rgb(tmp_path / "black.tif") == 0).all()

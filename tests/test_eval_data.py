@@ -127,10 +127,10 @@ def folder_ckpt(tiny_ckpt: Path, mini_root: Path, tmp_path: Path) -> Path:
 
 def test_a_bad_groups_file_is_refused_before_the_pass(folder_ckpt, tmp_path, monkeypatch, capfd):
     groups = tmp_path / "groups.csv"
-    groups.write_bytes(b"stem,group\nAbyssinian_1,cat\x00\n")  # a NUL byte: no text CSV
+    groups.write_bytes("stem,group\nAbyssinian_1,chat\n".encode("utf-16"))  # not UTF-8
     args = [f"ckpt_path={folder_ckpt}", f"data.groups={groups}", "hydra.run.dir=ev"]
     code, err = cli(segpets.eval.main, args, tmp_path, monkeypatch, capfd)
-    assert_one_line_error(code, err, rf"data\.groups: '{groups}' is not a CSV file")
+    assert_one_line_error(code, err, rf"data\.groups file '{groups}' is not UTF-8 text")
     assert not (tmp_path / "ev").exists()  # the pass never started
 
 

@@ -66,6 +66,10 @@ ODD: dict[str, tuple[Callable[[dict], None], str]] = {
         set_key("data", "image_size", 40_000),
         r"stored data\.image_size must be an integer > 0 and <= 4096, got 40000",
     ),
+    "a billion generated images": (
+        set_key("data", "num_trainval", 10**9),
+        r"stored data\.num_trainval must be an integer >= 2 and <= 100000, got 1000000000",
+    ),
     "a config wider": (
         set_key("model", "width", 64),
         r"its stored model config does not describe its weights \(net\.stem\.\S+: \[4, 3, 3, 3\] "

@@ -35,9 +35,10 @@ from segpets.config_types import (
     describe,
 )
 
-# torch.onnx's TorchScript-based exporter (dynamo=False, what segpets.export uses) writes
-# opsets 7-20 (torch.onnx._constants.ONNX_MIN_OPSET / ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
-OPSETS = typing.Annotated[int, Ge(7), Le(20)]
+# torch.onnx's TorchScript-based exporter (dynamo=False, what segpets.export uses) writes opsets
+# up to 20 (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET); segpets' nets pad decoder
+# features to their skips by sizes known only at run time, which ONNX's Pad takes from opset 11
+OPSETS = typing.Annotated[int, Ge(11), Le(20)]
 DATA_MODULES = (
     "segpets.data.PetDataModule",
     "segpets.data.SyntheticPetDataModule",

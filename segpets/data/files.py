@@ -18,15 +18,16 @@ from segpets.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def read_lines(path: Path) -> list[str]:
+def read_lines(path: Path, kind: str = "split file") -> list[str]:
     """Stripped lines of a text file written by any tool: a UTF-8 byte-order mark, CRLF or CR
-    line ends, blank lines and ``#`` comments are dropped; ``DataError`` if it is missing."""
+    line ends, blank lines and ``#`` comments are dropped; ``DataError`` naming the file (as
+    ``kind``) if it is missing or not UTF-8 text."""
     if not path.is_file():
-        raise DataError(f"split file not found: '{path}'")
+        raise DataError(f"{kind} not found: '{path}'")
     try:
         text = path.read_text(encoding="utf-8-sig")  # drops a byte-order mark if there is one
     except UnicodeDecodeError as err:
-        raise DataError(f"split file '{path}' is not UTF-8 text: {err}") from None
+        raise DataError(f"{kind} '{path}' is not UTF-8 text: {err}") from None
     lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 

@@ -262,7 +262,7 @@ class FolderDataModule(SegmentationDataModule):
         if self.groups is None:
             return super().sample_labels(names)
         groups: dict[str, str] = {}
-        for line in read_lines(self.groups):
+        for line in read_lines(self.groups, "data.groups file"):
             try:
                 row = next(csv.reader([line]))
             except csv.Error as err:  # e.g. a NUL byte: not a text CSV
