@@ -176,3 +176,16 @@ def test_parameters_follow_kwargs_into_base_classes() -> None:
     assert params["train_transform"].required is False  # SegmentationDataModule's, passed on
     params, _ = parameters(TensorBoardLogger)
     assert params["save_dir"].required and not params["root_dir"].required
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-m", "trainer.max_epochs=1,2"], ["hparams_search=optuna", "optimizer.weight_decay=0,0.1"]],
+)
+def test_a_sweep_with_multirun_is_accepted(argv: list[str], tmp_path: Path, monkeypatch) -> None:
+    """``-m``, or a config that asks for a multirun itself (``hparams_search=optuna``): a
+    sweep's values are jobs, each checked, none refused."""
+    from segpets.command.entry import check_command_line
+
+    monkeypatch.chdir(tmp_path)
+    assert check_command_line(argv, "train") is True
