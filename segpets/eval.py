@@ -26,7 +26,7 @@ from segpets.checkpoints.load import (
     restore_datamodule_state,
 )
 from segpets.command.build import instantiate_or_explain
-from segpets.command.checks import check_resolvable
+from segpets.command.checks import check_resolvable, check_values
 from segpets.command.entry import entry_point
 from segpets.command.record import accept_run, task_run
 from segpets.command.tables import markdown, write_csv
@@ -42,6 +42,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     """Test (or validate, for ``split=val``) the checkpoint; writes ``metrics.json``, the CSVs
     and the worst-image overlays into ``output_dir`` (default: the Hydra run folder)."""
     check_resolvable(cfg)
+    check_values(cfg, "eval")
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
     saved, state_dict = load_checkpoint(ckpt_path)
     if cfg.split not in ("test", "val"):
@@ -52,11 +53,15 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     if int(opts.get("boundary_tolerance", 2)) < 0 or int(opts.get("worst_k", 16)) < 0:
         raise ConfigError("eval.boundary_tolerance and eval.worst_k must be >= 0")
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
-    datamodule = instantiate_or_explain(_eval_data(cfg, saved, output_dir), "data")
-    module = module_from_checkpoint(saved, state_dict, test_tta=tta)
+    datamodule = instantiate_or_explain(_eval_data(cfg, saved), "data")
+    restore_datamodule_state(datamodule, ckpt_path)  # e.g. the random split it trained with
+    check_eval_data(datamodule, cfg.split)
+    source = f"ckpt_path: '{ckpt_path}'"
+    module = module_from_checkpoint(saved, state_dict, test_tta=tta, source=source)
     accept_run()  # every check that can refuse has passed: the run's record is written now
     output_dir.mkdir(parents=True, exist_ok=True)
-    restore_datamodule_state(datamodule, ckpt_path)  # e.g. the random split it trained with
+    if hasattr(datamodule, "write_splits"):  # the split scored, in this run's folder
+        datamodule.write_splits(output_dir / "splits")
 
     columns: dict[str, dict[str, float]] = {}
     plain = None
@@ -67,7 +72,6 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
     metrics, collector = _run(cfg, saved, module, datamodule, output_dir, logger=logger)
     columns.update(_columns(metrics, cfg.split, f" +{tta}" if tta else ""))
-    _write_breakdown(collector, datamodule, output_dir, logger)
     empty = collector.empty_truth_summary()
 
     report = {
@@ -85,7 +89,8 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     }
     if plain is not None:
         report["metrics_without_tta"] = plain
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))  # before the extras
+    _write_breakdown(collector, datamodule, output_dir, logger)
     print(metrics_table(columns))
     dice = metrics.get(f"{cfg.split}/dice", float("nan"))
     print(f"{cfg.split}/dice (per-image mean Dice) = {dice:.4f}  [all metrics: {output_dir}]")
@@ -98,11 +103,20 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     return metrics
 
 
-def _eval_data(cfg: DictConfig, saved: DictConfig, output_dir: Path) -> DictConfig:
+def check_eval_data(datamodule, split: str) -> None:
+    """Everything the pass and its report read, checked before the pass: the split's files
+    (the pre-scan, and with ``data.cache=true`` the cache entry built), the bad-sample policy,
+    and the per-group labels (``data.groups``), each failure one ``SegpetsError``."""
+    datamodule.dataset(split)
+    datamodule.sample_labels(datamodule.split_names(split))
+
+
+def _eval_data(cfg: DictConfig, saved: DictConfig) -> DictConfig:
     """The checkpoint's data config with the non-null ``data.*`` values of this command (e.g.
     where the data is on this machine); a value the checkpoint's data module does not take is
-    one line naming it. A split written to a folder goes to this run's folder, never back
-    into the training run's."""
+    one line naming it. Paths of the training machine are not used: the split is written into
+    this run's folder once the run is accepted (never back into the training run's), and a
+    cache goes to this machine's ``paths.cache_dir`` unless ``data.cache_dir`` is set."""
     overrides = {k: v for k, v in cfg.data.items() if v is not None}
     foreign = sorted(set(overrides) - set(saved.data))
     if foreign:
@@ -112,7 +126,9 @@ def _eval_data(cfg: DictConfig, saved: DictConfig, output_dir: Path) -> DictConf
             f"({saved.data.get('_target_')}, which takes data.{', data.'.join(takes)})"
         )
     if "split_dir" in saved.data:
-        overrides["split_dir"] = str(output_dir / "splits")
+        overrides["split_dir"] = None  # written by evaluate() once every check has passed
+    if "cache_dir" in saved.data and "cache_dir" not in overrides:
+        overrides["cache_dir"] = f"{cfg.paths.cache_dir}/arrays"
     return OmegaConf.merge(saved.data, overrides)
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segpets.config_types import NonNegativeFloat
 from segpets.labels import IGNORE_INDEX
 
 
@@ -36,7 +37,12 @@ class BCEDiceLoss(nn.Module):
     """``bce_weight`` · BCE-with-logits (mean over valid pixels) + ``dice_weight`` · soft Dice,
     both on raw (N, 1, H, W) logits against targets in {0, 1, 255 = ignored}."""
 
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
+    def __init__(
+        self,
+        bce_weight: NonNegativeFloat = 1.0,
+        dice_weight: NonNegativeFloat = 1.0,
+        smooth: NonNegativeFloat = 1.0,
+    ):
         super().__init__()
         self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
 

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
+from segpets.config_types import RGB, TTA, PositiveRGB
 from segpets.data.transforms import normalize
 from segpets.evaluation.logits import check_tta, hflip_average
 from segpets.metrics import binarize, segmentation_metrics
@@ -74,11 +75,11 @@ class SegmentationModule(L.LightningModule):
         loss: nn.Module,
         optimizer: OptimizerFactory | None = None,
         scheduler: dict[str, Any] | None = None,
-        input_mean: Sequence[float] | None = None,
-        input_std: Sequence[float] | None = None,
+        input_mean: RGB | None = None,
+        input_std: PositiveRGB | None = None,
         channels_last: bool = False,
         compile: bool = False,
-        test_tta: str | None = None,
+        test_tta: TTA = None,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -101,6 +102,14 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_config = optimizer, scheduler
         self.val_metrics = segmentation_metrics("val/")
         self.test_metrics = segmentation_metrics("test/")
+
+    @classmethod
+    def fit_metrics(cls) -> list[str]:
+        """Every metric this module logs while fitting (what a checkpoint, early-stopping or
+        plateau-scheduler ``monitor`` can name): the loss per step and epoch, the validation
+        loss and :func:`segpets.metrics.segmentation_metrics` of the validation split."""
+        train = ["train/loss", "train/loss_step", "train/loss_epoch"]
+        return [*train, "val/loss", *segmentation_metrics("val/").keys()]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) loader images → float (x − 255·mean) / (255·std), albumentations'

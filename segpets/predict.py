@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from segpets.command.checks import check_resolvable
+from segpets.command.checks import check_resolvable, check_values
 from segpets.command.entry import entry_point
 from segpets.command.record import accept_run, task_run
 from segpets.data.files import load_rgb
@@ -96,6 +96,7 @@ def check_overwrite(plan: dict[Path, dict], overwrite: bool) -> None:
 def predict(cfg: DictConfig) -> list[str]:
     """Writes the outputs; returns the inputs that could not be read (already reported)."""
     check_resolvable(cfg)
+    check_values(cfg, "predict")
     check_tta(cfg.tta, "tta")
     if not 0.0 < float(cfg.threshold) < 1.0:
         raise ConfigError(f"threshold must be strictly between 0 and 1, got {cfg.threshold}")

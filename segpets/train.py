@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logged metrics plus ``best/<checkpoint monitor>`` and ``best/<optimized_metric>``."""
     check_launch()
     check_resolvable(cfg)
-    check_values(cfg)
+    check_values(cfg, "train")
     if not (cfg.get("train") or cfg.get("test")):
         raise ConfigError("train=false test=false: nothing to do")
     if cfg.get("seed") is not None:

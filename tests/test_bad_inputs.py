@@ -269,7 +269,9 @@ CONFIG_ROWS = {  # override -> pattern of the one error line (exit 2)
     "data.image_size=-64": r"data\.image_size must be > 0, got -64",
     "optimizer.weight_decay=-1": r"optimizer/scheduler: Invalid weight_decay value: -1",
     "data.bad_samples=ignore": r"data\.bad_samples must be 'fail' or 'skip', got 'ignore'",
-    "callbacks.nonfinite_loss.action=retry": r"callbacks\.nonfinite_loss\.action must be one of",
+    "callbacks.nonfinite_loss.action=retry": (
+        r"callbacks\.nonfinite_loss\.action must be .stop. or .skip., got .retry."
+    ),
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 from hydra.utils import instantiate
 
 from segpets.command.build import build_callbacks, build_loggers, build_module
+from segpets.command.checks import check_values
 from tests.conftest import CONFIG_DIR, compose_train
 
 GROUPS = [
@@ -45,6 +46,7 @@ def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> 
     if model.get("encoder_weights") == "imagenet":  # offline here; tests/test_experiments.py
         overrides.append("model.encoder_weights=null")  # loads a local weights file instead
     cfg = compose_train(overrides, tmp_path)
+    check_values(cfg, "train")  # no typed check (segpets.command.typed) refuses a shipped option
     if group not in ("experiment", "debug"):  # those two are @package _global_
         assert group in cfg
     if group in ("model", "loss", "optimizer", "scheduler", "experiment", "debug"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal
 
 import lightning as L
 import torch
@@ -30,7 +31,7 @@ class NonFiniteLossGuard(L.Callback):
     ``train/loss`` mean then includes the non-finite value, which is honest about what happened.
     """
 
-    def __init__(self, action: str = "stop") -> None:
+    def __init__(self, action: Literal["stop", "skip"] = "stop") -> None:
         if action not in ACTIONS:
             raise ConfigError(
                 f"callbacks.nonfinite_loss.action must be one of {', '.join(ACTIONS)}, "

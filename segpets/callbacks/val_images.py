@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
+from segpets.config_types import NonNegativeInt
 from segpets.evaluation.overlays import ALPHA, draw_mask, draw_outcomes
 from segpets.labels import IGNORE_INDEX, PET
 from segpets.metrics import binarize
@@ -42,7 +43,7 @@ class ValidationImages(L.Callback):
     """Logs the first ``num_images`` validation images (the same ones every epoch, since the
     validation loader does not shuffle or augment) as ``tag`` to every TensorBoard logger."""
 
-    def __init__(self, num_images: int = 6, tag: str = "val/predictions") -> None:
+    def __init__(self, num_images: NonNegativeInt = 6, tag: str = "val/predictions") -> None:
         self.num_images, self.tag = num_images, tag
 
     @rank_zero_only

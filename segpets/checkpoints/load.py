@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.checkpoints.trust import REBUILT_SECTIONS, trusted_config
@@ -74,16 +75,21 @@ def load_checkpoint(
 
 
 def module_from_checkpoint(
-    config: DictConfig, state_dict: dict[str, torch.Tensor], test_tta: str | None = None
+    config: DictConfig,
+    state_dict: dict[str, torch.Tensor],
+    test_tta: str | None = None,
+    source: str = "ckpt_path",
 ) -> SegmentationModule:
     """The module a checkpoint's trusted ``config`` describes, for evaluation (no optimizer),
     with the checkpoint's ``state_dict`` loaded. The net is built without its pretrained
-    encoder weights (every weight comes from the checkpoint: no download, no weights file);
-    inputs are normalised with the stored ``data.mean``/``std``. ``test_tta``: see
-    :class:`SegmentationModule`."""
+    encoder weights (every weight comes from the checkpoint: no download, no weights file),
+    and only after :func:`check_weight_shapes`; inputs are normalised with the stored
+    ``data.mean``/``std``. ``test_tta``: see :class:`SegmentationModule`; ``source`` names the
+    file in errors."""
     model = OmegaConf.to_container(config.model, resolve=True)
     if model.get("encoder_weights") is not None:
         model["encoder_weights"] = None
+    check_weight_shapes(model, state_dict, source)
     net = instantiate_or_explain(OmegaConf.create(model), "model")
     loss = instantiate_or_explain(config.loss, "loss")
     flags = config.get("module") or {}
@@ -98,6 +104,37 @@ def module_from_checkpoint(
     )
     module.load_state_dict(state_dict)
     return module
+
+
+def check_weight_shapes(model: dict[str, Any], state_dict: dict[str, Any], source: str) -> None:
+    """The net ``model`` (a stored, trusted config section) describes, built on PyTorch's
+    ``meta`` device (shapes only, no memory), has exactly the checkpoint's weight names and
+    shapes; else one ``ConfigError``. So a stored config cannot make segpets allocate more
+    than the weights its file holds (a UNet of width 4000 asks for tens of GB). A net that
+    cannot be built on the meta device is left to building it for real."""
+    try:
+        with torch.device("meta"):
+            net = instantiate(OmegaConf.create(model))
+        built = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+    except Exception:
+        return
+    stored = {
+        k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items() if k.startswith("net.")
+    }
+    if built == stored:
+        return
+    differ = [k for k in built if k in stored and built[k] != stored[k]]  # the net's order
+    if differ:
+        detail = (
+            f"{differ[0]}: {list(stored[differ[0]])} in the file, {list(built[differ[0]])} built"
+        )
+    else:
+        missing, extra = sorted(built.keys() - stored.keys()), sorted(stored.keys() - built.keys())
+        detail = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+    raise ConfigError(
+        f"{source}: its stored model config does not describe its weights ({detail}); "
+        f"refusing the file, nothing was built from it"
+    )
 
 
 def restore_datamodule_state(datamodule: L.LightningDataModule, path: str | Path) -> None:

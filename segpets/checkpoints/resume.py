@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.checkpoints.load import read_checkpoint, stored_config
+from segpets.checkpoints.states import check_training_state
 from segpets.checkpoints.trust import trusted_config
 from segpets.command.checks import config_differences, flatten
 from segpets.command.outputs import atomic_write
@@ -108,6 +109,7 @@ def check_resumable(path: str | Path, cfg: DictConfig, current: dict | None = No
             f"overrides of the run that wrote it (only where or how long a run goes may differ)"
         )
     if not testing_only:
+        check_training_state(ckpt, source)
         for state in _monitoring_states(ckpt):
             recorded_best_files(state, path)
         _say_if_finished(ckpt, cfg, path)

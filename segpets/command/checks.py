@@ -3,8 +3,11 @@
 
 * :func:`check_resolvable`: every value of the composed config resolves (no ``???`` left, no
   ``${oc.env:...}`` of an unset variable, no interpolation of a missing key);
-* :func:`check_values`: sizes and lr no library rejects clearly, and ``data.image_size`` at
-  least what the model can take (its class's ``min_input_size``);
+* :func:`check_values`: sizes and lr no library rejects clearly, ``data.image_size`` at
+  least what the model can take (its class's ``min_input_size``), every typed value against
+  the constructor it reaches (:mod:`segpets.command.typed`), callback and logger nodes that
+  build nothing, checkpoint/scheduler monitors the module never logs, and ``cuda`` asked for
+  where there is none;
 * :func:`check_launch`: ``hydra.job.chdir=true`` is refused (paths are relative to the launch
   directory);
 * :func:`config_differences`: which keys of a checkpoint's stored config differ from this
@@ -14,14 +17,22 @@
 from __future__ import annotations
 
 import re
+from difflib import get_close_matches
 from fnmatch import fnmatchcase
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from segpets.command.typed import (
+    COMMAND_KEYS,
+    Problem,
+    schema_problems,
+    target_problems,
+)
 from segpets.errors import ConfigError, SegpetsError
 
 # Keys a resumed (or test-only) run may change: where things are, how the run executes and
@@ -64,6 +75,12 @@ RESUME_IGNORED = (
     "module",
 )
 _ABSENT = "<absent>"
+# config groups whose entries each build one object: a hint of what an entry looks like
+BUILDER_GROUPS = {
+    "callbacks": "lightning.pytorch.callbacks.EarlyStopping",
+    "logger": "lightning.pytorch.loggers.CSVLogger",
+}
+ALWAYS_LOGGED = ("epoch", "step", "lr-")  # Lightning's own, and LearningRateMonitor's lr-*
 
 
 def check_resolvable(cfg: DictConfig) -> None:
@@ -130,14 +147,153 @@ def _drop_hydra_only(failures: dict[str, Any], raw: dict[str, Any]) -> None:
         del failures[key]
 
 
-def check_values(cfg: DictConfig) -> None:
+def check_values(cfg: DictConfig, command: str | None = None) -> None:
     """Sizes and lr that no library rejects clearly (lr=0 trains nothing; size 0 fails deep
-    inside albumentations), and an image size the model can take."""
+    inside albumentations), an image size the model can take, and every typed value
+    (:func:`check_typed`); ``command``: the config's name (``train``, ``eval``, ...), which
+    types the keys of its own (:data:`segpets.command.typed.COMMAND_KEYS`)."""
     for key in ("optimizer.lr", "data.image_size", "data.batch_size"):
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
     check_image_size(cfg)
+    check_typed(cfg, command)
+
+
+def check_typed(cfg: DictConfig, command: str | None = None) -> None:
+    """One ``ConfigError`` for the first value that cannot work, of: the command's own keys,
+    callback and logger nodes without a ``_target_``, every ``_target_`` node's arguments
+    (:mod:`segpets.command.typed`), monitors nothing logs, ``cuda`` without CUDA. A key whose
+    value only follows another failing key (``${data.image_size}``) is not the one named."""
+    plain = _plain(cfg)
+    problems = [
+        *schema_problems(plain, COMMAND_KEYS.get(command or "", {})),
+        *builder_node_problems(plain),
+        *target_problems(plain),
+        *monitor_problems(plain),
+        *device_problems(plain, command),
+    ]
+    if problems:
+        raw = flatten(OmegaConf.to_container(cfg, resolve=False))
+        raise ConfigError(root_problem(problems, raw).message)
+
+
+def root_problem(problems: list[Problem], raw: dict[str, Any]) -> Problem:
+    """The first problem whose value is its own: not reached through an interpolation (of its
+    key, a key inside it, or a node above it: ``module.scheduler: ${scheduler}``) of a node
+    holding another failing key."""
+    keys = {p.key for p in problems}
+
+    def related(a: str, b: str) -> bool:
+        return a == b or a.startswith((b + ".", b + "[")) or b.startswith((a + ".", a + "["))
+
+    def follows(problem: Problem) -> bool:
+        own = [v for k, v in raw.items() if related(k, problem.key) and "${" in str(v)]
+        targets = [t for v in own for t in re.findall(r"\$\{([\w.\[\]]+)\}", str(v))]
+        return any(related(t, other) for t in targets for other in keys - {problem.key})
+
+    return next((p for p in problems if not follows(p)), problems[0])
+
+
+def builder_node_problems(plain: dict[str, Any]) -> list[Problem]:
+    """Entries of ``callbacks``/``logger`` that are neither null nor a node with a
+    ``_target_`` (``+callbacks.early_stopping.patience=3`` alone): Hydra would hand Lightning
+    a plain dict."""
+    problems = []
+    for group, example in BUILDER_GROUPS.items():
+        for name, node in (plain.get(group) or {}).items():
+            if node is not None and not (isinstance(node, dict) and "_target_" in node):
+                key = f"{group}.{name}"
+                problems.append(
+                    Problem(
+                        key,
+                        f"{key} has no _target_: each entry of {group} is a node naming the "
+                        f"class to build (e.g. +{key}._target_={example} with its arguments) "
+                        f"or null; got {node!r}",
+                    )
+                )
+    return problems
+
+
+def monitor_problems(plain: dict[str, Any]) -> list[Problem]:
+    """Checkpoint/early-stopping/scheduler monitors and ``optimized_metric`` naming a metric
+    the module never logs while fitting (its class's ``fit_metrics()``; Lightning would only
+    notice after the first epoch)."""
+    target = (plain.get("module") or {}).get("_target_") if plain.get("train") else None
+    try:
+        logged = set(get_object(target).fit_metrics()) if isinstance(target, str) else None
+    except Exception:  # another module class, without fit_metrics
+        logged = None
+    if not logged:
+        return []
+    monitors = [
+        (f"callbacks.{name}.monitor", node.get("monitor"))
+        for name, node in (plain.get("callbacks") or {}).items()
+        if isinstance(node, dict)
+    ]
+    scheduler = plain.get("scheduler")
+    if isinstance(scheduler, dict) and scheduler.get("scheduler"):
+        monitors.append(("scheduler.monitor", scheduler.get("monitor")))
+    monitors.append(("optimized_metric", plain.get("optimized_metric")))
+    problems = []
+    for key, name in monitors:
+        if isinstance(name, str) and name not in logged and not name.startswith(ALWAYS_LOGGED):
+            close = get_close_matches(name, sorted(logged), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(
+                Problem(
+                    key,
+                    f"{key}: '{name}' is not a metric logged while fitting{hint}; logged: "
+                    f"{', '.join(sorted(logged))}, epoch, step, lr-<optimizer>",
+                )
+            )
+    return problems
+
+
+def device_problems(plain: dict[str, Any], command: str | None) -> list[Problem]:
+    """``device=cuda`` (predict, bench) or ``trainer.accelerator=gpu|cuda`` (eval) where
+    PyTorch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return []
+    key = {"predict": "device", "bench": "device", "eval": "trainer.accelerator"}.get(command or "")
+    value = (
+        plain.get("device") if key == "device" else (plain.get("trainer") or {}).get("accelerator")
+    )
+    if key and value in ("cuda", "gpu"):
+        return [
+            Problem(
+                key,
+                f"{key}={value}: PyTorch sees no CUDA device here (torch.cuda.is_available() is "
+                f"False); use {key}=cpu",
+            )
+        ]
+    return []
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as resolved plain data; values that cannot resolve here (``${hydra:...}``
+    outside a Hydra run) stay as their ``${...}`` text, which the type checks skip."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        for key in flatten(plain):
+            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+            if value is not None and not OmegaConf.is_config(value):
+                _assign(plain, key, value)
+        return plain
+
+
+def _assign(plain: Any, key: str, value: Any) -> None:
+    parts = re.findall(r"[^.\[\]]+", key)
+    node = plain
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 def check_image_size(cfg: DictConfig) -> None:

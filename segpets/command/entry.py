@@ -76,7 +76,7 @@ def check_command_line(argv: list[str], config_name: str) -> bool:
         check_group_choices(hydra, config_name, args.overrides, searchpath)
         if args.cfg or args.help or args.hydra_help or args.info or args.shell_completion:
             return bool(args.multirun)
-        return check_jobs(hydra, config_name, overrides) or bool(args.multirun)
+        return check_jobs(hydra, config_name, overrides, bool(args.multirun))
 
 
 @contextmanager
@@ -149,15 +149,16 @@ def _listed(override: str) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def check_jobs(hydra: Hydra, config_name: str, overrides: list) -> bool:
+def check_jobs(hydra: Hydra, config_name: str, overrides: list, multirun: bool = False) -> bool:
     """Compose ``config_name`` with the overrides as Hydra will (each job of a sweep) and run
     segpets' config checks on it; exit 2 with one line on the first failure. Sweeps Hydra's
-    basic sweeper cannot expand are left to Hydra. Returns whether the config asks for a
-    multirun (``hydra.mode: MULTIRUN``)."""
+    basic sweeper cannot expand are left to Hydra. A sweep (``a=1,2``) without ``-m``
+    (``multirun``) or ``hydra.mode: MULTIRUN`` in the config is one line too. Returns whether
+    this is a multirun."""
     jobs = sweep_jobs(overrides)
     if jobs is None or len(jobs) > MAX_JOBS_CHECKED:
         return True
-    multirun = False
+    sweeps = [o for o in overrides if o.is_sweep_override()]
     for job in jobs:
         shown = job if len(jobs) > 1 else None
         try:
@@ -169,13 +170,22 @@ def check_jobs(hydra: Hydra, config_name: str, overrides: list) -> bool:
         except ConfigError as err:
             _fail(err, shown)
         multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
+        if sweeps and not multirun:
+            _fail(
+                ConfigError(
+                    f"{sweeps[0].input_line}: several values sweep, one run each, which needs -m "
+                    f"(--multirun); for one run give one value, or quote a string holding "
+                    f"commas: {sweeps[0].get_key_element()}='...'"
+                )
+            )
     return multirun
 
 
 def check_job(cfg: DictConfig) -> None:
     """segpets' config checks (:mod:`segpets.command.checks`) on one composed job config (with
     its ``hydra`` node), as the task will see it: Hydra's run folder filled in, so values that
-    interpolate ``${hydra:runtime.output_dir}`` resolve too. Raises ``ConfigError``."""
+    interpolate ``${hydra:runtime.output_dir}`` resolve too; the command's own keys are typed
+    by its config name (``hydra.job.config_name``). Raises ``ConfigError``."""
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
     cfg = copy.deepcopy(cfg)
@@ -189,7 +199,7 @@ def check_job(cfg: DictConfig) -> None:
         if cfg.hydra.job.chdir:
             check_launch()
         check_resolvable(task)
-        check_values(task)
+        check_values(task, OmegaConf.select(cfg, "hydra.job.config_name", default=None))
         for key in ("hydra.run.dir", "hydra.sweep.dir"):  # resolved by Hydra before the task
             OmegaConf.select(cfg, key, throw_on_missing=False)
     except OmegaConfBaseException as err:

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 META = "meta.json"
 # Part of every fingerprint; change it whenever the cached pixels change for the same files
 # (format 2: each split resampled as its pipeline does; 3: masks resized centre-aligned, and
-# records of samples skipped by data.bad_samples=skip), so older entries are rebuilt.
-FORMAT = "segpets-cache-3"
+# records of samples skipped by data.bad_samples=skip; 4: 16-bit, 32-bit and float pictures
+# scaled by their range, no longer clipped), so older entries are rebuilt.
+FORMAT = "segpets-cache-4"
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,13 @@ def _build(
     size = resize.height
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(
+            f"data.cache_dir: cannot create the cache folder '{tmp.parent}' "
+            f"({err.strerror or err}); set data.cache_dir=<a writable folder> or data.cache=false"
+        ) from None
     try:
         bad = _write_arrays(tmp, source, names, resize, skip_bad)
     except BaseException:

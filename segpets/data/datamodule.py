@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch.distributed as dist
@@ -18,6 +18,7 @@ from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from segpets.config_types import RGB, ImageSide, PositiveInt, PositiveRGB, Workers
 from segpets.data.cache import CachedDataset, Resampling, bad_samples, load_or_build
 from segpets.data.dataset import (
     SampleSource,
@@ -53,16 +54,16 @@ class SegmentationDataModule(L.LightningDataModule):
         self,
         train_transform: Transform,
         eval_transform: Transform,
-        image_size: int = 256,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        batch_size: int = 16,
-        num_workers: int | str = 0,
+        image_size: ImageSide = 256,
+        mean: RGB | None = None,
+        std: PositiveRGB | None = None,
+        batch_size: PositiveInt = 16,
+        num_workers: Workers = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         cache: bool = False,
         cache_dir: str | Path | None = None,
-        bad_samples: str = "fail",
+        bad_samples: Literal["fail", "skip"] = "fail",
     ) -> None:
         super().__init__()
         if bad_samples not in BAD_SAMPLE_POLICIES:

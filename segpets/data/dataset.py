@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from segpets.data.files import decode, header_problems, load_rgb, size_mismatch
+from segpets.data.pixels import check_lossless
 from segpets.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ class SampleSource:
         raise NotImplementedError
 
     def read_mask(self, path: Path) -> np.ndarray:
-        """(H, W) uint8 mask of a mask file; ``DataError`` naming it if unreadable/invalid."""
-        return decode(path, lambda img: self.mask_from_image(path, img))
+        """(H, W) uint8 mask of a mask file; ``DataError`` naming it if unreadable/invalid or
+        stored in a lossy format (:func:`segpets.data.pixels.check_lossless`)."""
+        return decode(path, lambda img: self.mask_from_image(path, check_lossless(path, img)))
 
     def load_mask(self, name: str) -> np.ndarray:
         return self.read_mask(self.files(name)[1])

@@ -12,20 +12,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segpets.data.pixels import to_rgb8
 from segpets.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-def read_lines(path: Path) -> list[str]:
+def read_lines(path: Path, kind: str = "split file") -> list[str]:
     """Stripped lines of a text file written by any tool: a UTF-8 byte-order mark, CRLF or CR
-    line ends, blank lines and ``#`` comments are dropped; ``DataError`` if it is missing."""
+    line ends, blank lines and ``#`` comments are dropped; ``DataError`` naming the file (as
+    ``kind``) if it is missing or not UTF-8 text."""
     if not path.is_file():
-        raise DataError(f"split file not found: '{path}'")
+        raise DataError(f"{kind} not found: '{path}'")
     try:
         text = path.read_text(encoding="utf-8-sig")  # drops a byte-order mark if there is one
     except UnicodeDecodeError as err:
-        raise DataError(f"split file '{path}' is not UTF-8 text: {err}") from None
+        raise DataError(f"{kind} '{path}' is not UTF-8 text: {err}") from None
     lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
@@ -67,14 +69,16 @@ def decode(path: Path, to_array: Callable[[Image.Image], np.ndarray]) -> np.ndar
 
 
 def load_rgb(path: Path, upright: bool = False) -> np.ndarray:
-    """(H, W, 3) uint8; GIF/palette/RGBA/grayscale/CMYK all become RGB (alpha is dropped).
+    """(H, W, 3) uint8 as viewers show the picture: GIF/palette/RGBA/grayscale/CMYK become RGB
+    (alpha is dropped), 16-bit, 32-bit integer and float pictures are scaled by their range
+    (:func:`segpets.data.pixels.to_rgb8`), never clipped.
 
     ``upright=False`` (datasets: their masks are aligned to the stored pixels) keeps the
     stored pixels; ``upright=True`` (new photos, ``segpets.predict``) applies the EXIF
     Orientation tag (values 1-8) as viewers do, so (H, W) is the displayed size."""
 
     def rgb(img: Image.Image) -> np.ndarray:
-        return np.asarray((ImageOps.exif_transpose(img) if upright else img).convert("RGB"))
+        return to_rgb8(ImageOps.exif_transpose(img) if upright else img, path)
 
     return decode(path, rgb).astype(np.uint8, copy=False)
 

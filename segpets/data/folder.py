@@ -14,9 +14,10 @@ import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge, Len
 from PIL import Image
 
 from segpets.data.datamodule import SPLITS, SegmentationDataModule
@@ -28,7 +29,8 @@ from segpets.labels import IGNORE_INDEX
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-MASK_MODES = {"L", "P", "1", "I;16", "I"}  # single channel; P read by index
+# single channel, read as stored (labels, never rescaled): 8 bit, palette by index, 16 and 32 bit
+MASK_MODES = {"L", "P", "1", "I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
 def _values(value: int | Sequence[int] | None) -> list[int] | None:
@@ -93,7 +95,8 @@ class FolderSource(SampleSource):
     def mask_from_image(self, path: Path, img: Image.Image) -> np.ndarray:
         if img.mode not in MASK_MODES:
             raise DataError(
-                f"mask '{path}' must be single-channel (8-bit grey or palette), got mode {img.mode}"
+                f"mask '{path}' must be single-channel (8/16-bit grey or palette), "
+                f"got mode {img.mode}"
             )
         values = np.asarray(img).astype(np.int64)
         mask = np.ones(values.shape, np.uint8)
@@ -134,7 +137,7 @@ class FolderDataModule(SegmentationDataModule):
         background: int | Sequence[int] = 0,
         ignore: int | Sequence[int] | None = None,
         splits: dict[str, str | None] | None = None,
-        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        split_fractions: Annotated[Sequence[Annotated[float, Ge(0)]], Len(3, 3)] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
         split_dir: str | Path | None = None,
         groups: str | Path | None = None,
@@ -214,6 +217,13 @@ class FolderDataModule(SegmentationDataModule):
         lonely = {p.stem for p in lonely_images}
         return sorted(stem for stem in self.source.image_files() if stem not in lonely)
 
+    def write_splits(self, folder: str | Path) -> None:
+        """Write the split used to ``folder`` as ``{train,val,test}.txt`` (and keep writing
+        there): ``segpets.eval`` does once its checks have passed."""
+        self.split_dir = Path(folder)
+        self.splits()
+        self._write_splits()
+
     def _write_splits(self) -> None:
         if self.split_dir is None:
             return
@@ -252,8 +262,11 @@ class FolderDataModule(SegmentationDataModule):
         if self.groups is None:
             return super().sample_labels(names)
         groups: dict[str, str] = {}
-        for line in read_lines(self.groups):
-            row = next(csv.reader([line]))
+        for line in read_lines(self.groups, "data.groups file"):
+            try:
+                row = next(csv.reader([line]))
+            except csv.Error as err:  # e.g. a NUL byte: not a text CSV
+                raise DataError(f"data.groups: '{self.groups}' is not a CSV file: {err}") from None
             if len(row) >= 2 and row[:2] != ["stem", "group"]:
                 groups[row[0].strip()] = row[1].strip()
         return {n: {"group": groups.get(n, "(no group)")} for n in names}

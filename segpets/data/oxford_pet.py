@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Ge
 from PIL import Image
 
 from segpets.data.datamodule import SegmentationDataModule
 from segpets.data.dataset import SampleSource
 from segpets.data.files import decode, read_lines, read_split
+from segpets.data.pixels import check_lossless
 from segpets.errors import ConfigError, DataError
 from segpets.labels import IGNORE_INDEX
 
@@ -83,7 +85,9 @@ def check_trimap(path: Path, trimap: np.ndarray) -> np.ndarray:
 def load_trimap(path: Path) -> np.ndarray:
     """(H, W) uint8 trimap with values in {1, 2, 3} (palette PNGs decoded through their grey
     palette); ``DataError`` naming the file for more than one channel or other values."""
-    return decode(path, lambda img: check_trimap(path, trimap_levels(path, img)))
+    return decode(
+        path, lambda img: check_trimap(path, trimap_levels(path, check_lossless(path, img)))
+    )
 
 
 def trimap_to_mask(trimap: np.ndarray, border: str = "pet") -> np.ndarray:
@@ -148,10 +152,10 @@ class PetDataModule(SegmentationDataModule):
     def __init__(
         self,
         root: str | Path,
-        val_every: int = 10,
+        val_every: Annotated[int, Ge(2)] = 10,
         download: bool = False,
         allow_test_overlap: bool = False,
-        border: str = "pet",
+        border: Literal["pet", "background", "ignore"] = "pet",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

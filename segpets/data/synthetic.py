@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge, Le
 from PIL import Image, ImageDraw, ImageFilter
 
 from segpets.data.oxford_pet import PetDataModule
 
 COMPLETE_MARKER = ".complete"
+
+MAX_GENERATED = 100_000  # images of one generated split (a stored config cannot ask for more)
 
 
 def _pet_silhouette(rng: np.random.Generator, w: int, h: int, is_cat: bool) -> Image.Image:
@@ -133,7 +136,13 @@ class SyntheticPetDataModule(PetDataModule):
     """:class:`PetDataModule` over a generated dataset (see :func:`generate`), written once to
     ``root`` (a cache folder, never a dataset folder)."""
 
-    def __init__(self, num_trainval: int = 120, num_test: int = 60, seed: int = 0, **kwargs: Any):
+    def __init__(
+        self,
+        num_trainval: Annotated[int, Ge(2), Le(MAX_GENERATED)] = 120,
+        num_test: Annotated[int, Ge(1), Le(MAX_GENERATED)] = 60,
+        seed: int = 0,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.num_trainval, self.num_test, self.generator_seed = num_trainval, num_test, seed
 

@@ -62,7 +62,7 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
 
 def _checkpoint(path: Path, device: str):
     config, state_dict = load_checkpoint(path)
-    module = module_from_checkpoint(config, state_dict)
+    module = module_from_checkpoint(config, state_dict, source=f"ckpt_path: '{path}'")
     module.eval().to(device)
     return config, lambda x: module(x.to(device)).float().cpu()
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet, ResNet34_Weights, resnet34
 
+from segpets.config_types import NumClasses, PositiveInt
 from segpets.errors import ConfigError
 from segpets.models.blocks import DoubleConv, UpBlock
 
@@ -77,9 +78,14 @@ class ResNet34UNet(nn.Module):
 
     def __init__(
         self,
-        num_classes: int = 1,
+        num_classes: NumClasses = 1,
         encoder_weights: str | None = None,
-        decoder_channels: tuple[int, ...] = (256, 128, 64, 64),
+        decoder_channels: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (
+            256,
+            128,
+            64,
+            64,
+        ),
     ) -> None:
         super().__init__()
         self.encoder = ResNet34Encoder(encoder_weights)

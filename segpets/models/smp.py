@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segpets.config_types import NumClasses
 from segpets.errors import ConfigError
 from segpets.models import smp_weights
 
@@ -169,7 +170,7 @@ class SmpNet(nn.Module):
         arch: str = "Unet",
         encoder_name: str = "resnet34",
         encoder_weights: str | None = None,
-        num_classes: int = 1,
+        num_classes: NumClasses = 1,
         arch_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()

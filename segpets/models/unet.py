@@ -7,6 +7,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from segpets.config_types import NumClasses, PositiveInt, RGBChannels
 from segpets.models.blocks import DoubleConv, UpBlock
 
 
@@ -22,9 +23,9 @@ class UNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        width: int = 64,
+        in_channels: RGBChannels = 3,
+        num_classes: NumClasses = 1,
+        width: PositiveInt = 64,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
