@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import io
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from segpets.benchmark.model import inference_rows, train_rates
 from segpets.benchmark.timing import StepTimes, Timer, count_gflops, matmul_peak, timed_rates
 from segpets.command.build import build_module, instantiate_or_explain
 from segpets.command.entry import entry_point
+from segpets.command.outputs import atomic_write_text
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 
@@ -206,14 +208,15 @@ def _fmt(value: Any) -> str:
 
 
 def write_reports(rows: list[dict], meta: dict, out: Path) -> str:
+    """``bench.{md,json,csv}`` in ``out``, each written whole; returns the Markdown table."""
     table = markdown(rows, meta)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.md").write_text(table)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    with (out / "bench.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(out / "bench.md", table)
+    atomic_write_text(out / "bench.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "bench.csv", text.getvalue())
     return table
 
 

@@ -25,9 +25,11 @@ from segpets.checkpoints.load import (
     module_from_checkpoint,
     restore_datamodule_state,
 )
+from segpets.checkpoints.paths import stored_data_paths
 from segpets.command.build import instantiate_or_explain
 from segpets.command.checks import check_resolvable
 from segpets.command.entry import entry_point
+from segpets.command.outputs import atomic_write_text
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 from segpets.evaluation.collector import EvalCollector
@@ -53,9 +55,11 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     datamodule = instantiate_or_explain(_eval_data(cfg, saved, output_dir), "data")
     module = module_from_checkpoint(saved, state_dict, test_tta=tta)
+    restore_datamodule_state(datamodule, ckpt_path)  # e.g. the random split it trained with
+    if hasattr(datamodule, "dataset"):
+        datamodule.dataset(cfg.split)  # every file checked now: bad data is a refusal
     accept_run()  # every check that can refuse has passed: the run's record is written now
     output_dir.mkdir(parents=True, exist_ok=True)
-    restore_datamodule_state(datamodule, ckpt_path)  # e.g. the random split it trained with
 
     columns: dict[str, dict[str, float]] = {}
     plain = None
@@ -84,7 +88,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     }
     if plain is not None:
         report["metrics_without_tta"] = plain
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(output_dir / "metrics.json", json.dumps(report, indent=2))
     print(format_table(columns))
     dice = metrics.get(f"{cfg.split}/dice", float("nan"))
     print(f"{cfg.split}/dice (per-image mean Dice) = {dice:.4f}  [all metrics: {output_dir}]")
@@ -112,7 +116,12 @@ def _eval_data(cfg: DictConfig, saved: DictConfig, output_dir: Path) -> DictConf
         )
     if "split_dir" in saved.data:
         overrides["split_dir"] = str(output_dir / "splits")
-    return OmegaConf.merge(saved.data, overrides)
+    cache_root = str(
+        Path(OmegaConf.select(cfg, "paths.cache_dir", default="~/.cache/segpets")).expanduser()
+        / "arrays"
+    )
+    stored = stored_data_paths(OmegaConf.to_container(saved.data), overrides, cache_root)
+    return OmegaConf.merge(stored, overrides)
 
 
 def _run(cfg, saved, module, datamodule, output_dir, logger, worst_k=None):
@@ -163,8 +172,6 @@ def _write_breakdown(collector: EvalCollector, datamodule, out: Path, logger) ->
     for column in dict.fromkeys(c for r in labels.values() for c in r):
         write_csv(out / f"per_{column}.csv", group_rows(records, column))
     panels = collector.worst_panels(labels)
-    if panels:
-        (out / "worst").mkdir(exist_ok=True)
     for rank, (name, dice, panel) in enumerate(panels, 1):
         save_png(out / "worst" / f"{rank:02d}_{name}_dice{dice:.3f}.png", panel)
         logger.experiment.add_image(f"worst/{rank:02d}_{name}", panel, dataformats="HWC")

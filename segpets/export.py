@@ -24,6 +24,7 @@ from torch import nn
 from segpets.checkpoints.load import load_checkpoint, module_from_checkpoint
 from segpets.command.checks import check_resolvable
 from segpets.command.entry import entry_point
+from segpets.command.outputs import atomic_write
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 from segpets.inference.model import CONFIG_KEY, ONNX_INPUT, ONNX_OUTPUT, load_model
@@ -64,9 +65,12 @@ def export_net(net: nn.Module, config: dict, fmt: str, output: Path, opset: int 
     onnx.save(model, str(output))
 
 
-def parity(net: nn.Module, output: Path, sizes=((1, 64, 64), (3, 96, 80))) -> float:
-    """Max |logit difference| between the export and ``net`` on random inputs of several
-    batch sizes and H×W; raises if it exceeds :data:`PARITY_ATOL`."""
+def parity(
+    net: nn.Module, output: Path, sizes=((1, 64, 64), (3, 96, 80)), name: Path | None = None
+) -> float:
+    """Max |logit difference| between the export at ``output`` and ``net`` on random inputs
+    of several batch sizes and H×W; raises if it exceeds :data:`PARITY_ATOL` (``name``: the
+    export's final path, for the message; default ``output``)."""
     exported = load_model(output)
     worst = 0.0
     for n, h, w in sizes:
@@ -76,12 +80,16 @@ def parity(net: nn.Module, output: Path, sizes=((1, 64, 64), (3, 96, 80))) -> fl
         got = exported.logits(x)
         worst = max(worst, float((got - ref).abs().max()))
     if not np.isfinite(worst) or worst > PARITY_ATOL:
-        raise RuntimeError(f"export '{output}' differs from PyTorch by {worst:.3g} > {PARITY_ATOL}")
+        raise RuntimeError(
+            f"export '{name or output}' differs from PyTorch by {worst:.3g} > {PARITY_ATOL}"
+        )
     return worst
 
 
 def export(cfg: DictConfig) -> Path:
-    """Export ``cfg.ckpt_path``'s net to ``cfg.output`` (checked against PyTorch); its path."""
+    """Export ``cfg.ckpt_path``'s net to ``cfg.output`` (checked against PyTorch); its path.
+    The export is written and checked under a temporary name beside ``output``, then renamed
+    over it: a kill or a failed check leaves the previous file (``overwrite=true``) intact."""
     check_resolvable(cfg)
     fmt = cfg.format
     if fmt not in SUFFIXES:
@@ -98,10 +106,15 @@ def export(cfg: DictConfig) -> Path:
     module = module_from_checkpoint(config, state_dict)
     net = module.net.eval().float()
     accept_run()  # every check that can refuse has passed: the run's record is written now
-    output.parent.mkdir(parents=True, exist_ok=True)
-    export_net(net, OmegaConf.to_container(config, resolve=True), fmt, output, int(cfg.opset))
-    diff = parity(net, output)
-    print(f"wrote {output} ({fmt}); max |logit diff| vs PyTorch on random inputs: {diff:.2e}")
+    stored = OmegaConf.to_container(config, resolve=True)
+    diffs: list[float] = []
+
+    def write_and_check(tmp: Path) -> None:
+        export_net(net, stored, fmt, tmp, int(cfg.opset))
+        diffs.append(parity(net, tmp, name=output))
+
+    atomic_write(output, write_and_check, suffix=output.suffix)  # load_model reads the suffix
+    print(f"wrote {output} ({fmt}); max |logit diff| vs PyTorch on random inputs: {diffs[0]:.2e}")
     return output
 
 

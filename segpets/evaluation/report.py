@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from segpets.command.outputs import atomic_write, atomic_write_text
 
 # overlay colours (RGB): correct pet, false positive (background called pet), missed pet
 TP_COLOUR, FP_COLOUR, FN_COLOUR = (40, 200, 60), (230, 30, 30), (40, 90, 255)
@@ -33,10 +36,12 @@ def group_rows(records: list[dict], key: str) -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
+    """``rows`` as a CSV file with a header, written whole (:func:`atomic_write`)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["empty"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def overlay_panel(
@@ -97,7 +102,8 @@ def captioned_panel(
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
-    Image.fromarray(array).save(path)
+    """(H, W[, 3]) uint8 ``array`` as a PNG file, written whole (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def format_table(columns: dict[str, dict[str, float]]) -> str:
