@@ -120,16 +120,19 @@ def claim_folder(folder: str | Path, command: str, key: str, reuse: str = "never
     if reuse not in REUSE:
         raise ValueError(f"reuse must be one of {REUSE}, got {reuse!r}")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    found = sorted(
-        name
-        for name in os.listdir(folder)
-        if name != CLAIM and not name.startswith(f"{TEMP_PREFIX}{CLAIM}-")
-    )
-    claim = Claim(folder, command, key, found=found)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        found = sorted(
+            name
+            for name in os.listdir(folder)
+            if name != CLAIM and not name.startswith(f"{TEMP_PREFIX}{CLAIM}-")
+        )
+        fd = _create(folder / CLAIM, _record(command))
+    except OSError as err:  # a read-only or full folder, a file in the way, ...
+        raise ConfigError(f"{key}: cannot write into '{folder}': {err.strerror}") from None
+    claim = Claim(folder, command, key, fd=fd, found=found)
     path = folder / CLAIM
-    claim.fd = _create(path, _record(command))
-    if claim.fd is not None:
+    if fd is not None:
         claim.created = True
     else:
         claim.fd, claim.earlier = _take_over(path, claim)

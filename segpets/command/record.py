@@ -183,16 +183,16 @@ class TaskRun:
         from that folder's checkpoints); without it, such a folder is refused now."""
         if self.accepted:
             return
-        if self.claim is not None and self.claim.used:
-            if self.reuse == "resume" and not continues:
-                raise self.claim.refusal()
-            self.claim.adopt()
+        if self.claim is not None and self.claim.used and self.reuse == "resume" and not continues:
+            raise self.claim.refusal()
         if self.output_dir is None or rank_zero_only.rank != 0:
             self.accepted = True
             self.log.discard()
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.log.open(self.output_dir / self.log_name)
+        self.log.open(self.output_dir / self.log_name)  # a link there: refused, nothing written
+        if self.claim is not None and self.claim.used:
+            self.claim.adopt()  # the folder is this run's now
         self.accepted = True
         if self.record:
             write_record(self.cfg, self.output_dir / RECORD_DIR)
