@@ -43,6 +43,7 @@ from segpets.benchmark.timing import StepTimes, Timer, count_gflops, matmul_peak
 from segpets.command import tables
 from segpets.command.build import build_module, instantiate_or_explain
 from segpets.command.entry import entry_point
+from segpets.command.outputs import atomic_write_text
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 
@@ -203,10 +204,10 @@ def _fmt(column: str, value: Any) -> str:
 
 
 def write_reports(rows: list[dict], meta: dict, out: Path) -> str:
+    """``bench.{md,json,csv}`` in ``out``, each written whole; returns the Markdown table."""
     table = markdown(rows, meta)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.md").write_text(table)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_text(out / "bench.md", table)
+    atomic_write_text(out / "bench.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
     tables.write_csv(out / "bench.csv", rows, COLUMNS)
     return table
 

@@ -25,9 +25,11 @@ from segpets.checkpoints.load import (
     module_from_checkpoint,
     restore_datamodule_state,
 )
+from segpets.checkpoints.paths import stored_data_paths
 from segpets.command.build import instantiate_or_explain
 from segpets.command.checks import check_resolvable, check_values
 from segpets.command.entry import entry_point
+from segpets.command.outputs import atomic_write_text
 from segpets.command.record import accept_run, task_run
 from segpets.command.tables import markdown, write_csv
 from segpets.errors import ConfigError
@@ -89,7 +91,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     }
     if plain is not None:
         report["metrics_without_tta"] = plain
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))  # before the extras
+    atomic_write_text(output_dir / "metrics.json", json.dumps(report, indent=2))  # first
     _write_breakdown(collector, datamodule, output_dir, logger)
     print(metrics_table(columns))
     dice = metrics.get(f"{cfg.split}/dice", float("nan"))
@@ -127,9 +129,9 @@ def _eval_data(cfg: DictConfig, saved: DictConfig) -> DictConfig:
         )
     if "split_dir" in saved.data:
         overrides["split_dir"] = None  # written by evaluate() once every check has passed
-    if "cache_dir" in saved.data and "cache_dir" not in overrides:
-        overrides["cache_dir"] = f"{cfg.paths.cache_dir}/arrays"
-    return OmegaConf.merge(saved.data, overrides)
+    cache_root = f"{cfg.paths.cache_dir}/arrays"
+    stored = stored_data_paths(OmegaConf.to_container(saved.data), overrides, cache_root)
+    return OmegaConf.merge(stored, overrides)
 
 
 def _run(cfg, saved, module, datamodule, output_dir, logger, worst_k=None):
@@ -188,8 +190,6 @@ def _write_breakdown(collector: EvalCollector, datamodule, out: Path, logger) ->
     for column in dict.fromkeys(c for r in labels.values() for c in r):
         write_csv(out / f"per_{column}.csv", group_rows(records, column))
     panels = collector.worst_panels(labels)
-    if panels:
-        (out / "worst").mkdir(exist_ok=True)
     for rank, (name, dice, panel) in enumerate(panels, 1):
         save_png(out / "worst" / f"{rank:02d}_{name}_dice{dice:.3f}.png", panel)
         logger.experiment.add_image(f"worst/{rank:02d}_{name}", panel, dataformats="HWC")

@@ -23,6 +23,7 @@ from torch import nn
 from segpets.checkpoints.load import load_checkpoint, module_from_checkpoint
 from segpets.command.checks import check_resolvable, check_values
 from segpets.command.entry import entry_point
+from segpets.command.outputs import atomic_write
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 from segpets.inference.model import CONFIG_KEY, ONNX_INPUT, ONNX_OUTPUT, load_model
@@ -95,25 +96,31 @@ def reference_logits(net: nn.Module, source: str, sizes=PARITY_SIZES) -> list[to
 
 
 def parity(
-    net: nn.Module, output: Path, sizes=PARITY_SIZES, reference: list[torch.Tensor] | None = None
+    net: nn.Module,
+    output: Path,
+    sizes=PARITY_SIZES,
+    reference: list[torch.Tensor] | None = None,
+    name: Path | None = None,
 ) -> float:
-    """Max |logit difference| between the export and ``net`` on random inputs of several
-    batch sizes and H×W (``reference``: ``net``'s logits on them, see
-    :func:`reference_logits`). ``ConfigError`` when the export's logits are NaN or infinite,
+    """Max |logit difference| between the export at ``output`` and ``net`` on random inputs of
+    several batch sizes and H×W (``reference``: ``net``'s logits on them, see
+    :func:`reference_logits`; ``name``: the export's final path, for messages; default
+    ``output``). ``ConfigError`` when the export's logits are NaN or infinite,
     ``RuntimeError`` when they differ by more than :data:`PARITY_ATOL`."""
     reference = reference or reference_logits(net, "ckpt_path", sizes)
+    name = name or output
     exported = load_model(output)
     worst = 0.0
     for x, ref in zip(_parity_inputs(sizes), reference, strict=True):
         got = exported.logits(x)
         if not bool(torch.isfinite(got).all()):
             raise ConfigError(
-                f"output: the export '{output}' gives non-finite logits (NaN/inf) where PyTorch "
+                f"output: the export '{name}' gives non-finite logits (NaN/inf) where PyTorch "
                 f"gives finite ones; nothing exported"
             )
         worst = max(worst, float((got - ref).abs().max()))
     if worst > PARITY_ATOL:
-        raise RuntimeError(f"export '{output}' differs from PyTorch by {worst:.3g} > {PARITY_ATOL}")
+        raise RuntimeError(f"export '{name}' differs from PyTorch by {worst:.3g} > {PARITY_ATOL}")
     return worst
 
 
@@ -124,7 +131,9 @@ def _parity_inputs(sizes) -> list[torch.Tensor]:
 
 
 def export(cfg: DictConfig) -> Path:
-    """Export ``cfg.ckpt_path``'s net to ``cfg.output`` (checked against PyTorch); its path."""
+    """Export ``cfg.ckpt_path``'s net to ``cfg.output`` (checked against PyTorch); its path.
+    The export is written and checked under a temporary name beside ``output``, then renamed
+    over it: a kill or a failed check leaves the previous file (``overwrite=true``) intact."""
     check_resolvable(cfg)
     check_values(cfg, "export")
     fmt = cfg.format
@@ -144,14 +153,16 @@ def export(cfg: DictConfig) -> Path:
     net = module.net.eval().float()
     reference = reference_logits(net, source)
     accept_run()  # every check that can refuse has passed: the run's record is written now
+    stored = OmegaConf.to_container(config, resolve=True)
+    diffs: list[float] = []
+
+    def write_and_check(tmp: Path) -> None:
+        export_net(net, stored, fmt, tmp, int(cfg.opset))
+        diffs.append(parity(net, tmp, reference=reference, name=output))
+
     output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        export_net(net, OmegaConf.to_container(config, resolve=True), fmt, output, int(cfg.opset))
-        diff = parity(net, output, reference=reference)
-    except BaseException:  # a failed or unchecked export is never left behind
-        output.unlink(missing_ok=True)
-        raise
-    print(f"wrote {output} ({fmt}); max |logit diff| vs PyTorch on random inputs: {diff:.2e}")
+    atomic_write(output, write_and_check, suffix=output.suffix)  # load_model reads the suffix
+    print(f"wrote {output} ({fmt}); max |logit diff| vs PyTorch on random inputs: {diffs[0]:.2e}")
     return output
 
 

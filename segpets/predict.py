@@ -6,6 +6,13 @@ the preprocessing (image size, normalisation) is read from it. Every input is re
 viewers display it (its EXIF Orientation applied) and its mask is written at that width and
 height. Exit codes: 0 all written; 2 a user error (nothing written); 3 some inputs were
 unreadable and skipped (named on stderr), the rest written.
+
+Outputs are written whole, each stamped with what produced it (:mod:`segpets.inference.outputs`):
+a rerun with the same model, inputs, threshold and TTA keeps the complete outputs and writes
+only what is missing (a killed predict is finished by running it again); outputs of anything
+else are replaced only with ``overwrite=true``. The output folder is claimed for the run
+(:mod:`segpets.command.claim`): a second predict into it while one runs is refused, and so is
+a folder holding another command's run.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 from tqdm import tqdm
 
 from segpets.command.checks import check_resolvable, check_values
@@ -32,6 +38,14 @@ from segpets.errors import ConfigError, DataError
 from segpets.evaluation.logits import check_tta, resize_logits
 from segpets.evaluation.overlays import draw_mask
 from segpets.inference.model import Model, load_model
+from segpets.inference.outputs import (
+    check_links,
+    file_sha256,
+    pending,
+    remove_partial_writes,
+    save_output,
+    stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +97,9 @@ def output_paths(files: list[Path], output_dir: Path, kinds: list[str]) -> dict[
     return plan
 
 
-def check_overwrite(plan: dict[Path, dict], overwrite: bool) -> None:
-    existing = [p for paths in plan.values() for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise ConfigError(
-            f"output_dir: '{existing[0]}'{more} already exist; set overwrite=true "
-            f"to replace them, or choose another output_dir"
-        )
-
-
 def predict(cfg: DictConfig) -> list[str]:
-    """Writes the outputs; returns the inputs that could not be read (already reported)."""
+    """Writes the outputs still missing; returns the inputs that could not be read (already
+    reported)."""
     check_resolvable(cfg)
     check_values(cfg, "predict")
     check_tta(cfg.tta, "tta")
@@ -106,14 +111,22 @@ def predict(cfg: DictConfig) -> list[str]:
     files = find_inputs(str(cfg.input), output_dir)
     kinds = ["mask"] + [k for k in ("overlay", "probabilities") if cfg.get(k)]
     plan = output_paths(files, output_dir, kinds)
-    check_overwrite(plan, bool(cfg.overwrite))
-    model = load_model(cfg.ckpt_path, device=cfg.device)
+    check_links(plan, output_dir, f"{cfg.get('task_name') or 'predict'}.log")
+    model_file = Path(str(cfg.ckpt_path)).expanduser().resolve()
+    if not model_file.is_file():
+        raise ConfigError(f"ckpt_path: no such file '{model_file}'")
+    settings = {"model": file_sha256(model_file), "threshold": float(cfg.threshold)}
+    settings["tta"] = cfg.tta
+    todo, complete = pending(plan, settings, bool(cfg.overwrite))
+    model = load_model(model_file, device=cfg.device)
     accept_run()  # every check that can refuse has passed: the log is written from now on
+    remove_partial_writes(todo)
     cut = math.log(cfg.threshold / (1 - cfg.threshold))  # prob > t ⇔ logit > cut
     skipped: list[str] = []
-    bar = tqdm(total=len(files), unit="img", disable=not cfg.progress_bar, file=sys.stderr)
-    for start in range(0, len(files), int(cfg.batch_size)):
-        batch = files[start : start + int(cfg.batch_size)]
+    inputs = list(todo)
+    bar = tqdm(total=len(inputs), unit="img", disable=not cfg.progress_bar, file=sys.stderr)
+    for start in range(0, len(inputs), int(cfg.batch_size)):
+        batch = inputs[start : start + int(cfg.batch_size)]
         images = {}
         for f in batch:
             try:
@@ -122,11 +135,12 @@ def predict(cfg: DictConfig) -> list[str]:
                 skipped.append(str(f))
                 print(f"segpets: skipped unreadable input: {err}", file=sys.stderr, flush=True)
         if images:
-            _predict_batch(model, images, plan, cfg.tta, cut)
+            _predict_batch(model, images, todo, cfg.tta, cut, settings)
         bar.update(len(batch))
     bar.close()
-    written = len(files) - len(skipped)
-    print(f"wrote {written} mask(s) to {os.path.abspath(output_dir)}; skipped {len(skipped)}")
+    written = len(inputs) - len(skipped)
+    kept = f" ({complete} more complete from an identical earlier run)" if complete else ""
+    print(f"wrote {written} mask(s) to {os.path.abspath(output_dir)}{kept}; skipped {len(skipped)}")
     return skipped
 
 
@@ -137,26 +151,29 @@ def overlay(image: np.ndarray, mask: torch.Tensor) -> np.ndarray:
     return draw_mask(chw, mask).permute(1, 2, 0).numpy()
 
 
-def _predict_batch(model: Model, images: dict[Path, np.ndarray], plan, tta, cut) -> None:
+def _predict_batch(model: Model, images: dict[Path, np.ndarray], todo, tta, cut, settings):
+    """Predict ``images`` (input → (H, W, 3) uint8) and write the outputs ``todo`` lists."""
     batch = torch.stack([model.preprocess(img) for img in images.values()])  # (N, 3, h, w)
     logits = model.logits(batch, tta=tta)  # (N, 1, h, w)
     for i, (path, image) in enumerate(images.items()):
         full = resize_logits(logits[i : i + 1], image.shape[:2])[0, 0]  # (H, W)
         mask = full > cut
-        targets = plan[path]
-        targets["mask"].parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(targets["mask"])
+        targets, stamped = todo[path], stamp(path, settings)
+        if "mask" in targets:
+            save_output(targets["mask"], mask.numpy().astype(np.uint8) * 255, stamped)
         if "overlay" in targets:
-            Image.fromarray(overlay(image, mask)).save(targets["overlay"])
+            save_output(targets["overlay"], overlay(image, mask), stamped)
         if "probabilities" in targets:
             prob = (torch.sigmoid(full) * 255).round().byte().numpy()
-            Image.fromarray(prob).save(targets["probabilities"])
+            save_output(targets["probabilities"], prob, stamped)
 
 
 @entry_point("predict")
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    with task_run(cfg, record=False):  # the masks' folder gets predict.log, no .hydra/
+    # the masks' folder gets predict.log, no .hydra/; a folder of earlier predict outputs is
+    # taken (each output is then checked), another command's run folder never
+    with task_run(cfg, record=False, reuse="outputs"):
         skipped = predict(cfg)
         if skipped:
             names = ", ".join(skipped)

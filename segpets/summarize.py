@@ -8,6 +8,8 @@ loss per epoch) and ``summary_val_dice.png`` (val Dice per epoch) plot every run
 
 One source for the curves: the TensorBoard event files each run writes (the default logger).
 Test Dice comes from ``test_metrics.json``, the file ``segpets.train`` writes after testing.
+A run whose ``overrides.yaml`` cannot be read (broken YAML, a tag, anything but a list of
+strings) is left out with one warning naming the file; the others are tabulated.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from segpets.command import tables
+from segpets.command.outputs import atomic_write
 from segpets.errors import ConfigError, user_errors
 
 COLUMNS = ("run", "overrides", "best_val_dice", "test_dice", "epochs", "wall_s")
@@ -50,14 +53,42 @@ class Run:
 
 
 def find_runs(root: Path) -> list[Run]:
-    """Every run folder under ``root`` (``root`` itself if it is one), in path order."""
+    """Every readable run folder under ``root`` (``root`` itself if it is one), in path order;
+    a run whose record cannot be read is left out with a warning naming it and why."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"no such directory '{root}' (give a multirun or run folder)")
     dirs = sorted({p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}, key=_run_key)
     if not dirs:
         raise ConfigError(f"no runs under '{root}' (expected folders with .hydra/overrides.yaml)")
-    return [load_run(d) for d in dirs]
+    runs = []
+    for folder in dirs:
+        try:
+            runs.append(load_run(folder))
+        except BadRecord as err:
+            print(f"segpets: warning: skipping run '{folder}': {err}", file=sys.stderr, flush=True)
+    if not runs:
+        raise ConfigError(f"none of the {len(dirs)} runs under '{root}' has a readable record")
+    return runs
+
+
+class BadRecord(Exception):
+    """A run record that cannot be read (the message says which file and why)."""
+
+
+def read_overrides(path: Path) -> list[str]:
+    """The overrides a run record lists (``.hydra/overrides.yaml``: a YAML list of strings),
+    read with ``yaml.safe_load`` (no tags run code); :class:`BadRecord` for anything else."""
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        detail = " ".join(str(err).split())[:160]
+        raise BadRecord(f"'{path}' is not readable YAML ({detail})") from None
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise BadRecord(f"'{path}' is not a list of overrides (got {type(overrides).__name__})")
+    return overrides
 
 
 def _run_key(path: Path) -> tuple:
@@ -66,8 +97,8 @@ def _run_key(path: Path) -> tuple:
 
 
 def load_run(path: Path) -> Run:
-    overrides = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
-    run = Run(path=path, overrides=[str(o) for o in overrides])
+    """One run folder's row; :class:`BadRecord` when its overrides cannot be read."""
+    run = Run(path=path, overrides=read_overrides(path / ".hydra" / "overrides.yaml"))
     report = path / "test_metrics.json"
     try:  # absent when the run was not tested (or crashed); unreadable if cut off mid-write
         run.test_dice = float(json.loads(report.read_text())["metrics"]["test/dice"])
@@ -174,7 +205,7 @@ def plot(runs: list[Run], labels: list[str], out: Path) -> list[Path]:
             ax.legend(fontsize=7, loc="best")
         path = out / f"summary_{name}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
         written.append(path)
     return written

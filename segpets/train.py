@@ -9,13 +9,14 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.callbacks.best_metric import BestMetric
 from segpets.callbacks.resume import exit_code_on_preemption
-from segpets.checkpoints.resume import refuse_overwrite, resolve_ckpt_path
+from segpets.checkpoints.resume import CheckpointPaths, refuse_overwrite, resolve_ckpt_path
 from segpets.command.build import (
     build_callbacks,
     build_loggers,
@@ -25,8 +26,10 @@ from segpets.command.build import (
 from segpets.command.checks import check_launch, check_resolvable, check_values
 from segpets.command.distributed import check_eval_shards, without_cpu_sync_batchnorm
 from segpets.command.entry import entry_point
+from segpets.command.outputs import atomic_write_text
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
+from segpets.evaluation.coverage import TestedImages
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg)
     best = BestMetric(cfg.optimized_metric) if cfg.get("optimized_metric") else None
     loggers = build_loggers(cfg.get("logger"))
-    callbacks = [*build_callbacks(cfg.get("callbacks")), *([best] if best else [])]
+    # always: the paths a resumed checkpoint names are checked; the test says what it covered
+    always = [*([best] if best else []), CheckpointPaths(), TestedImages()]
+    callbacks = [*build_callbacks(cfg.get("callbacks")), *always]
     if not loggers:  # logger=none: nothing to log learning rates to (Lightning would refuse)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate_or_explain(
@@ -70,7 +75,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=loggers or False,
     )
     ckpt_path = _check_before_fit(cfg, module, datamodule, trainer)
-    accept_run()  # every check that can refuse has passed: the run's record is written now
+    # every check that can refuse has passed: the run's record is written now; the folder of
+    # an earlier run is taken only to continue from its own checkpoints
+    accept_run(continues=_continues_in_place(ckpt_path))
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         with exit_code_on_preemption(trainer):  # SIGTERM/SIGINT: last.ckpt saved, exit 143/130
@@ -99,7 +106,10 @@ def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -
             module.configure_optimizers()  # a dry run: torch checks every optimizer argument
         except (ValueError, TypeError) as err:
             raise ConfigError(f"optimizer/scheduler: {err}") from None
-    if hasattr(datamodule, "dataset") and not getattr(datamodule, "download", False):
+    download = getattr(datamodule, "download", False)
+    if download and rank_zero_only.rank == 0:
+        datamodule.prepare_data()  # now: a failed download is a refusal, not a broken run
+    if hasattr(datamodule, "dataset") and (not download or rank_zero_only.rank == 0):
         splits = (["train", "val"] if training else []) + (["test"] if cfg.get("test") else [])
         for split in splits:  # every file of every split checked before the first step
             datamodule.dataset(split)
@@ -114,6 +124,14 @@ def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -
         return ckpt_path
     refuse_overwrite(getattr(trainer.checkpoint_callback, "dirpath", None), ckpt_path)
     return ckpt_path
+
+
+def _continues_in_place(ckpt_path: Path | None) -> bool:
+    """Whether this run resumes from a checkpoint in its own folder (continuing that run)."""
+    if ckpt_path is None or not HydraConfig.initialized():
+        return False
+    folder = Path(HydraConfig.get().runtime.output_dir).resolve()
+    return folder in Path(ckpt_path).resolve().parents
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str:
@@ -133,11 +151,21 @@ def _test(
     if trainer.is_global_zero:
         out = Path(trainer.default_root_dir) / "test_metrics.json"
         tta = module.test_tta
-        record = {"ckpt_path": ckpt or None, "tta": tta, "metrics": results}
-        out.write_text(json.dumps(record, indent=2))
+        count = next(cb for cb in trainer.callbacks if isinstance(cb, TestedImages))
+        record = {
+            "ckpt_path": ckpt or None,
+            "tta": tta,
+            "images": count.tested,  # scored: fewer than images_total with limit_test_batches
+            "images_total": count.total,
+            "metrics": results,
+        }
+        atomic_write_text(out, json.dumps(record, indent=2))
+        subset = (
+            f" on {count.tested} of {count.total} test images" if count.tested < count.total else ""
+        )
         print(
             f"test/dice (per-image mean Dice{', hflip TTA' if tta else ''}) = "
-            f"{results.get('test/dice', float('nan')):.4f}"
+            f"{results.get('test/dice', float('nan')):.4f}{subset}"
             f"  [checkpoint: {ckpt or 'in-memory weights'}; all metrics: {out}]"
         )
     return results
@@ -175,7 +203,7 @@ def _floats(metrics) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``best/<optimized_metric>`` (the best value over the run, in
     that metric's direction) so sweepers can optimise it."""
-    with task_run(cfg):
+    with task_run(cfg, reuse="resume"):  # its folder: a new one, or its own to resume
         metrics = train(cfg)
     return optimized_value(cfg, metrics) if HydraConfig.initialized() else None
 

@@ -65,6 +65,8 @@ def test_pairs_splits_and_samples(binary_folder: Path, tmp_path: Path) -> None:
     assert sorted(every) == sorted(p.stem for p in (binary_folder / "images").iterdir())
     again = folder_dm(binary_folder, tmp_path).splits()  # the same seed: the same split
     assert again == dm.splits()
+    assert not (tmp_path / "splits").exists()  # nothing written while a run is checked
+    dm.setup("validate")  # the run starts
     for split in ("train", "val", "test"):  # written to the run folder, one stem a line
         assert read_split(tmp_path / "splits" / f"{split}.txt") == dm.split_names(split)
     other = folder_dm(binary_folder, tmp_path, "data.split_seed=1").splits()
@@ -190,9 +192,9 @@ def test_train_eval_predict_with_a_persisted_split(mini_root, tmp_path, monkeypa
                 shutil.copy(path, root / kind / path.name)
     assert len(list((root / "images").iterdir())) > COUNT
 
-    code, err = cli(
+    code, err = cli(  # the groups file given again: eval reads no file a checkpoint names
         segpets.eval.main,
-        [f"ckpt_path={ckpt}", "hydra.run.dir=ev", "progress_bar=false"],
+        [f"ckpt_path={ckpt}", "hydra.run.dir=ev", "progress_bar=false", f"++data.groups={groups}"],
         tmp_path,
         monkeypatch,
         capfd,

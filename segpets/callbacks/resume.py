@@ -29,7 +29,6 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from segpets.checkpoints.resume import carry_best_checkpoints
 from segpets.command.overrides import override_arg
 from segpets.command.signals import request_stop
 from segpets.errors import JobStopped
@@ -86,14 +85,6 @@ class ExactResume(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         set_rng_states(state_dict["rng"])
         self._pending = state_dict.get("plateau", [])
-
-    def on_load_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        """Resuming into a new run folder: carry the best checkpoint(s) and score over
-        (Lightning's ``ModelCheckpoint`` would drop them), see :mod:`segpets.callbacks.best`."""
-        if trainer.ckpt_path:
-            carry_best_checkpoints(trainer, checkpoint, Path(trainer.ckpt_path))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Schedulers are restored by now: replay the plateau step the checkpoint missed."""

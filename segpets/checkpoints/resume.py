@@ -6,23 +6,32 @@ when its folder changed ("dirpath has changed"), so the first epoch after a resu
 best whatever its score. :func:`carry_best_checkpoints` copies the recorded best checkpoint
 files into the new folder (the old folder is only read) and rewrites the stored state to point
 there, so ``ModelCheckpoint`` restores its best score and files as if it had never moved.
+
+Those recorded paths are data: only a segpets checkpoint of the same net found *by name* in the
+resumed checkpoint's own folder is used (:func:`segpets.checkpoints.paths.checkpoint_beside`);
+every other entry is dropped with one warning, before Lightning could test, copy or delete
+the file it names (:class:`CheckpointPaths`, a callback every training run has).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.checkpoints.load import read_checkpoint, stored_config
+from segpets.checkpoints.paths import checkpoint_beside
 from segpets.checkpoints.states import check_training_state
 from segpets.checkpoints.trust import trusted_config
 from segpets.command.checks import config_differences, flatten
@@ -73,7 +82,9 @@ def resolve_ckpt_path(cfg: DictConfig, current: dict[str, Any] | None = None) ->
 
 
 def _last_ckpts(cfg: DictConfig) -> list[Path]:
-    """This task's earlier ``last.ckpt`` files (this run's own folder excluded), newest first."""
+    """This task's earlier ``last.ckpt`` files (this run's own folder excluded), newest first;
+    a run folder, ``checkpoints/`` or ``last.ckpt`` that is a symbolic link is not one (a
+    folder planted among the runs cannot point the lookup elsewhere)."""
     task = Path(cfg.paths.log_dir).expanduser().resolve() / str(cfg.task_name)
     pattern, own = f"runs/*/checkpoints/{LAST}", None
     if HydraConfig.initialized():
@@ -81,15 +92,19 @@ def _last_ckpts(cfg: DictConfig) -> list[Path]:
         own = Path(hydra_cfg.runtime.output_dir).resolve()
         if hydra_cfg.mode == RunMode.MULTIRUN:
             pattern = f"multiruns/*/{hydra_cfg.job.num}/checkpoints/{LAST}"
-    found = [p for p in task.glob(pattern) if own is None or own not in p.resolve().parents]
+    found = [
+        p
+        for p in task.glob(pattern)
+        if os.path.realpath(p) == str(p) and p.is_file() and (own is None or own not in p.parents)
+    ]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def check_resumable(path: str | Path, cfg: DictConfig, current: dict | None = None) -> Path:
     """A readable segpets checkpoint (``weights_only``, its rebuilt sections trusted) of the
     same net and config as ``cfg`` (keys in ``RESUME_IGNORED`` aside; a test-only run compares
-    only what testing uses), whose recorded best checkpoints exist; otherwise a one-line
-    ``ConfigError`` saying what is wrong. Says plainly when there is nothing left to train."""
+    only what testing uses); otherwise a one-line ``ConfigError`` saying what is wrong. Says
+    plainly when there is nothing left to train."""
     path, ckpt = read_checkpoint(path)
     stored = stored_config(ckpt)
     source = f"ckpt_path: '{path}'"
@@ -110,8 +125,6 @@ def check_resumable(path: str | Path, cfg: DictConfig, current: dict | None = No
         )
     if not testing_only:
         check_training_state(ckpt, source)
-        for state in _monitoring_states(ckpt):
-            recorded_best_files(state, path)
         _say_if_finished(ckpt, cfg, path)
     return path
 
@@ -149,16 +162,6 @@ def _tested_part(config: dict) -> dict:
     return {**part, "trainer": {"precision": trainer.get("precision")}}
 
 
-def _monitoring_states(ckpt: dict) -> list[dict]:
-    """The stored states of ``ModelCheckpoint`` callbacks that track a best (a monitor)."""
-    states = ckpt.get("callbacks") or {}
-    return [
-        s
-        for key, s in states.items()
-        if str(key).startswith("ModelCheckpoint") and isinstance(s, dict) and s.get("monitor")
-    ]
-
-
 def _say_if_finished(ckpt: dict, cfg: DictConfig, path: Path) -> None:
     """Lightning stops at once when the checkpoint already did ``trainer.max_epochs`` epochs
     (its own message is easy to miss); say so plainly."""
@@ -192,62 +195,128 @@ def refuse_overwrite(checkpoint_dir: str | Path | None, resume_from: Path | None
         )
 
 
-def recorded_best_files(state: dict[str, Any], resumed_from: Path) -> dict[str, Path]:
-    """Recorded path → existing file, for every checkpoint file a ``ModelCheckpoint`` state
-    names: the recorded (absolute) path, or else the same name beside ``resumed_from`` (a run
-    folder copied or moved elsewhere). Raises ``ConfigError`` naming a file found nowhere."""
+def recorded_best_files(
+    state: dict[str, Any], resumed_from: Path, model: Any
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """(recorded path → file it names, recorded path → why it is not used) for every checkpoint
+    file a ``ModelCheckpoint`` state records: only a segpets checkpoint of the net ``model``
+    found by name in ``resumed_from``'s own folder is used
+    (:func:`segpets.checkpoints.paths.checkpoint_beside`); nothing elsewhere is read."""
     recorded = {str(p) for p in state.get("best_k_models") or {}}
     recorded |= {str(state[k]) for k in PATH_KEYS if state.get(k)}
-    found = {}
+    folder = Path(os.path.realpath(resumed_from)).parent
+    found: dict[str, Path] = {}
+    dropped: dict[str, str] = {}
     for path in sorted(recorded):
-        for candidate in (Path(path), resumed_from.parent / Path(path).name):
-            if candidate.is_file():
-                found[path] = candidate
-                break
+        result = checkpoint_beside(path, folder, model)
+        if isinstance(result, Path):
+            found[path] = result
         else:
-            raise ConfigError(
-                f"ckpt_path: '{resumed_from}' records the checkpoint '{path}', which is gone "
-                f"(not beside it either); put it back, or resume from a complete copy of its "
-                f"run folder"
-            )
-    return found
+            dropped[path] = result
+    return found, dropped
+
+
+class CheckpointPaths(L.Callback):
+    """Resuming (``fit`` with ``ckpt_path``): before Lightning restores any callback, the
+    checkpoint files the stored ``ModelCheckpoint`` states name are checked and carried over
+    (:func:`carry_best_checkpoints`). ``segpets.train`` adds it to every run, whatever
+    ``callbacks`` says, since Lightning would otherwise test, copy or delete the files a
+    checkpoint names."""
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and trainer.ckpt_path:
+            carry_best_checkpoints(trainer, checkpoint, Path(trainer.ckpt_path))
+            return
+        states = checkpoint.get("callbacks") or {}
+        for callback in trainer.checkpoint_callbacks:  # testing: nothing of theirs is needed
+            states.pop(callback.state_key, None)
 
 
 def carry_best_checkpoints(
     trainer: L.Trainer, checkpoint: dict[str, Any], resumed_from: Path
 ) -> None:
     """Before Lightning restores callbacks from ``checkpoint``: for each ``ModelCheckpoint`` of
-    ``trainer`` whose stored folder differs from its own, copy the checkpoint files a
-    monitoring one records into its folder and rewrite the stored state (paths, folder) to
-    them, so Lightning restores the best score and files (a ``last.ckpt`` writer carries
-    nothing over: it starts afresh in the new folder). Never writes the old folder."""
+    ``trainer``, keep the recorded checkpoint files a monitoring one may use
+    (:func:`recorded_best_files`), copy those not yet in its folder there, and rewrite the
+    stored state (paths, folder, and the best and k-th scores of what is kept) to them, so
+    Lightning restores the best score and files as if the run had never moved. A ``last.ckpt``
+    writer carries nothing over. Entries dropped are named in one warning. Never writes the
+    old folder."""
     states = checkpoint.get("callbacks") or {}
+    model = _stored_model(checkpoint)
+    dropped: dict[str, str] = {}
     for callback in trainer.checkpoint_callbacks:
         state = states.get(callback.state_key)
-        if not isinstance(callback, ModelCheckpoint) or not callback.dirpath or not state:
-            continue
-        if state.get("dirpath") == callback.dirpath:
+        if not isinstance(callback, ModelCheckpoint) or not isinstance(state, dict):
             continue
         moved: dict[str, str] = {}
-        if callback.monitor:
-            found = recorded_best_files(state, resumed_from)
-            moved = {old: _copy_into(path, Path(callback.dirpath)) for old, path in found.items()}
-            log.info(
-                "resume: best checkpoint(s) copied into this run: %s", ", ".join(moved.values())
-            )
-        best_k = state.get("best_k_models") or {}
-        state["best_k_models"] = {
-            moved[str(p)]: score for p, score in best_k.items() if str(p) in moved
-        }
-        for key in PATH_KEYS:
-            state[key] = moved.get(str(state.get(key)), "")
-        state["dirpath"] = callback.dirpath
+        lost: dict[str, str] = {}
+        if callback.monitor:  # a last.ckpt writer carries nothing over
+            found, lost = recorded_best_files(state, resumed_from, model)
+            folder = Path(callback.dirpath) if callback.dirpath else None
+            moved = {old: _copy_into(path, folder) for old, path in found.items()}
+            if moved:
+                log.info("resume: best checkpoint(s) in this run: %s", ", ".join(moved.values()))
+        _rewrite_state(state, moved, callback, rebuild=bool(lost))
+        dropped.update(lost)
+    if dropped:
+        shown = "; ".join(f"'{p}' ({why})" for p, why in sorted(dropped.items()))
+        log.warning(
+            "resume: '%s' records checkpoint files this run does not use (only segpets "
+            "checkpoints of this net in its own folder are): %s; the best checkpoint is the "
+            "best of those kept and this run's epochs", resumed_from, shown,
+        )  # fmt: skip
 
 
-def _copy_into(source: Path, folder: Path) -> str:
-    """Copy ``source`` into ``folder`` (never half-written: :func:`atomic_write`); its path."""
+def _stored_model(checkpoint: dict[str, Any]) -> Any:
+    hparams = checkpoint.get("hyper_parameters")
+    config = hparams.get("config") if isinstance(hparams, dict) else None
+    return config.get("model") if isinstance(config, dict) else None
+
+
+def _rewrite_state(
+    state: dict[str, Any], moved: dict[str, str], callback: ModelCheckpoint, rebuild: bool
+) -> None:
+    """``state`` naming only the ``moved`` files (old → new path) in ``callback``'s folder;
+    ``rebuild`` (a recorded entry was dropped): the best and k-th entries and scores are those
+    of the kept ones (none kept: no best yet, as in a fresh run)."""
+    best_k = state.get("best_k_models") or {}
+    kept = {moved[str(p)]: score for p, score in best_k.items() if str(p) in moved}
+    state["best_k_models"] = kept
+    for key in PATH_KEYS:
+        state[key] = moved.get(str(state.get(key)), "")
+    state["dirpath"] = callback.dirpath
+    if not rebuild:
+        return
+    better = max if callback.mode == "max" else min
+    worse = min if callback.mode == "max" else max
+    if kept:
+        best = better(kept, key=lambda p: _score(kept[p]))
+        kth = worse(kept, key=lambda p: _score(kept[p]))
+        state["best_model_path"], state["best_model_score"] = best, kept[best]
+        state["kth_best_model_path"], state["kth_value"] = kth, kept[kth]
+    else:
+        state["best_model_path"], state["best_model_score"] = "", None
+        state["kth_best_model_path"] = ""
+        state["kth_value"] = torch.tensor(-torch.inf if callback.mode == "max" else torch.inf)
+
+
+def _score(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return float("nan")
+
+
+def _copy_into(source: Path, folder: Path | None) -> str:
+    """Copy ``source`` into ``folder`` (never half-written: :func:`atomic_write`); its path
+    (``source`` itself without a folder)."""
+    if folder is None:
+        return str(source)
     target = folder / source.name
-    if target.resolve() == source.resolve():
+    if os.path.realpath(target) == os.path.realpath(source):
         return str(target)
     atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
     return str(target)

@@ -11,14 +11,19 @@ folder's record. ``configs/hydra/default.yaml`` turns both off; :func:`task_run`
   ``<run dir>/<task_name>.log`` from acceptance on (Lightning's messages, the tested
   checkpoint, the test Dice, warnings and errors included);
 * a run refused before acceptance writes neither, and the run folder Hydra created is removed
-  again if it is empty (files are never deleted).
+  again if it is empty (files are never deleted);
+* before anything else, the run claims its folder (:mod:`segpets.command.claim`): a folder in
+  use by a live run, or one an earlier run used that this run does not continue, is refused.
 
-Only global rank 0 writes (Lightning's DDP processes run the same entry point).
+Only global rank 0 writes (Lightning's DDP processes run the same entry point). Record files
+are written whole (:func:`segpets.command.outputs.atomic_write`), and the log is never opened
+through a symbolic link.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -29,13 +34,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from segpets.command.claim import RECORD_DIR, Claim, claim_folder
+from segpets.command.outputs import atomic_write_text
 from segpets.command.signals import job_signals
-from segpets.errors import JobStopped, SegpetsError, user_errors
+from segpets.errors import ConfigError, JobStopped, SegpetsError, user_errors
 
-RECORD_DIR = ".hydra"
 _REDRAW = re.compile(r"\r[^\n]*")  # a progress bar's redraw: carriage return to line end
 
 
@@ -71,7 +78,14 @@ class ConsoleLog:
             self._file.flush()
 
     def open(self, path: Path) -> None:
-        self._file = path.open("a", encoding="utf-8")
+        """Append to ``path`` from now on (never through a symbolic link: ``ConfigError``)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as err:
+            reason = "a symbolic link" if err.errno == errno.ELOOP else err.strerror
+            raise ConfigError(f"cannot write the run log '{path}': it is {reason}") from None
+        self._file = open(fd, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         self._file.writelines(self._lines)
         self._file.flush()
         self._lines = []
@@ -141,84 +155,129 @@ def _stream_handlers() -> list[logging.StreamHandler]:
 
 
 class TaskRun:
-    """The state of one entry-point task: accepted or not, its console log, its folder."""
+    """The state of one entry-point task: its folder's claim, accepted or not, its console log.
 
-    def __init__(self, cfg: DictConfig, record: bool) -> None:
-        self.cfg, self.record, self.accepted = cfg, record, False
+    ``reuse``: what the command may do with a folder an earlier run used
+    (:data:`segpets.command.claim.REUSE`)."""
+
+    def __init__(self, cfg: DictConfig, record: bool, reuse: str = "never") -> None:
+        self.cfg, self.record, self.reuse, self.accepted = cfg, record, reuse, False
         self.log = ConsoleLog()
         hydra = HydraConfig.get() if HydraConfig.initialized() else None
         self.output_dir = Path(hydra.runtime.output_dir) if hydra else None
+        self.command = f"segpets.{hydra.job.name}" if hydra else "segpets"
         self.log_name = f"{cfg.get('task_name') or (hydra.job.name if hydra else 'run')}.log"
         self.stop_at = _log_dir(cfg)
+        self.claim: Claim | None = None
 
-    def accept(self) -> None:
-        """The checks passed: write the record and the log (rank 0 only)."""
+    def start(self) -> None:
+        """Claim the run folder (rank 0) before anything is written: ``ConfigError`` when it
+        is in use, or used before and this command may not continue it."""
+        if self.output_dir is None or rank_zero_only.rank != 0:
+            return
+        self.claim = claim_folder(self.output_dir, self.command, _folder_key(self), self.reuse)
+
+    def accept(self, continues: bool = False) -> None:
+        """The checks passed: write the record and the log (rank 0 only). ``continues``: this
+        run continues the work of the earlier run whose folder it got (a training resuming
+        from that folder's checkpoints); without it, such a folder is refused now."""
         if self.accepted:
             return
-        self.accepted = True
+        if self.claim is not None and self.claim.used and self.reuse == "resume" and not continues:
+            raise self.claim.refusal()
         if self.output_dir is None or rank_zero_only.rank != 0:
+            self.accepted = True
             self.log.discard()
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.log.open(self.output_dir / self.log_name)  # a link there: refused, nothing written
+        if self.claim is not None and self.claim.used:
+            self.claim.adopt()  # the folder is this run's now
+        self.accepted = True
         if self.record:
             write_record(self.cfg, self.output_dir / RECORD_DIR)
-        self.log.open(self.output_dir / self.log_name)
+
+    def owns_folder(self) -> bool:
+        """Whether the folder is this run's to write into before acceptance decided it (a new
+        or empty one): a crash then keeps the record and the traceback there."""
+        return self.claim is None or not self.claim.used
 
     def refuse(self) -> bool:
-        """A user error before acceptance: nothing is written, the empty run folder that
-        Hydra created goes again. Whether this was a refusal (not yet accepted)."""
+        """A user error before acceptance: nothing is written, the claim this run made and the
+        empty run folder that Hydra created go again. Whether this was a refusal (not yet
+        accepted)."""
         if self.accepted:
             return False
         self.log.discard()
+        if self.claim is not None:
+            self.claim.withdraw()
         if self.output_dir is not None and rank_zero_only.rank == 0:
             remove_empty_folders(self.output_dir, self.stop_at)
         return True
+
+    def end(self) -> None:
+        self.log.close()
+        if self.claim is not None:
+            self.claim.release()
+
+
+def _folder_key(run: TaskRun) -> str:
+    """The config key that names the run folder, for messages."""
+    if run.reuse == "outputs":
+        return "output_dir"
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    multirun = hydra is not None and hydra.mode == RunMode.MULTIRUN
+    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
 
 
 _CURRENT: list[TaskRun] = []
 
 
 @contextlib.contextmanager
-def task_run(cfg: DictConfig, record: bool = True) -> Iterator[TaskRun]:
-    """Run an entry point's task: console teed, user errors as one line (exit 2, or a
-    ``JobRefused`` in a sweep), a refusal cleaned up, the log closed at the end. ``record``:
-    also write ``.hydra/`` (not for predict, whose folder holds only masks)."""
-    run = TaskRun(cfg, record)
+def task_run(cfg: DictConfig, record: bool = True, reuse: str = "never") -> Iterator[TaskRun]:
+    """Run an entry point's task: its folder claimed first, console teed, user errors as one
+    line (exit 2, or a ``JobRefused`` in a sweep), a refusal cleaned up, the log closed and the
+    folder released at the end. ``record``: also write ``.hydra/`` (not for predict, whose
+    folder holds only masks); ``reuse``: see :class:`TaskRun`."""
+    run = TaskRun(cfg, record, reuse)
     _CURRENT.append(run)
     try:
         with _tee_console(run.log), user_errors(on_error=run.refuse), job_signals():
+            run.start()
             try:
                 yield run
             except (SegpetsError, JobStopped):
                 raise  # one line (user_errors), or a sweep's Ctrl-C (segpets.sweep)
             except Exception:  # a bug, not a user error: keep the record and the traceback
-                run.accept()
-                run.log.feed("err", traceback.format_exc())
+                if run.owns_folder():
+                    run.accept(continues=True)
+                    run.log.feed("err", traceback.format_exc())
+                else:  # never into a folder another run left
+                    run.refuse()
                 raise
     except JobStopped:
         run.refuse()  # stopped before its checks passed (not started): no trace
         raise
     finally:
-        run.log.close()
+        run.end()
         _CURRENT.remove(run)
 
 
-def accept_run() -> None:
+def accept_run(continues: bool = False) -> None:
     """Called by entry points once every check that can refuse has passed (no-op outside a
-    :func:`task_run`, e.g. when tests call ``train(cfg)`` directly)."""
+    :func:`task_run`, e.g. when tests call ``train(cfg)`` directly). ``continues``: see
+    :meth:`TaskRun.accept`."""
     if _CURRENT:
-        _CURRENT[-1].accept()
+        _CURRENT[-1].accept(continues)
 
 
 def write_record(cfg: DictConfig, folder: Path) -> None:
     """What Hydra writes into ``.hydra/``, in its format: the task config, Hydra's config and
     the command-line overrides."""
-    folder.mkdir(parents=True, exist_ok=True)
     hydra_root = HydraConfig.instance().cfg
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
-    (folder / "hydra.yaml").write_text(OmegaConf.to_yaml(hydra_root), encoding="utf-8")
-    overrides = OmegaConf.to_yaml(hydra_root.hydra.overrides.task)
-    (folder / "overrides.yaml").write_text(overrides, encoding="utf-8")
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_root))
+    atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_root.hydra.overrides.task))
 
 
 def remove_empty_folders(folder: Path, stop_at: Path | None) -> None:

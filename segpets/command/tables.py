@@ -6,10 +6,13 @@ table, ``per_*.csv``), ``segpets.summarize`` (``summary.csv``, the runs table) a
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from segpets.command.outputs import atomic_write_text
 
 
 def format_cell(column: str, value: Any) -> str:
@@ -38,9 +41,11 @@ def markdown(
 def write_csv(path: Path, rows: list[dict], columns: Sequence[str] | None = None) -> None:
     """``rows`` as a CSV file with a header of ``columns`` (default: the first row's keys;
     an empty table is a header ``empty`` alone). Raises ``ValueError`` for a row key outside
-    ``columns``, ``OSError`` if ``path`` cannot be written."""
+    ``columns``, ``OSError`` if ``path`` cannot be written. Written whole
+    (:func:`~segpets.command.outputs.atomic_write_text`): a kill leaves the old file or none."""
     columns = list(columns if columns is not None else (rows[0] if rows else ["empty"]))
-    with Path(path).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())

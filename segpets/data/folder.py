@@ -18,8 +18,11 @@ from typing import Annotated, Any
 
 import numpy as np
 from annotated_types import Ge, Len
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from PIL import Image
 
+from segpets.checkpoints.paths import is_plain_name, plain_names
+from segpets.command.outputs import atomic_write_text
 from segpets.data.datamodule import SPLITS, SegmentationDataModule
 from segpets.data.dataset import SampleSource
 from segpets.data.files import read_lines, read_split
@@ -80,6 +83,10 @@ class FolderSource(SampleSource):
         return self.masks / f"{stem}{self.mask_suffix}{self.mask_ext}"
 
     def files(self, name: str) -> tuple[Path, Path]:
+        """(image, mask) of the sample with file stem ``name``; a name with a folder part
+        (``../x``, ``/x``, ``a/b``) is a ``DataError``: nothing outside the two folders is read."""
+        if not is_plain_name(name):
+            raise DataError(f"sample name {name!r} is not a file stem of data.images")
         image = self.image_files().get(name, self.images / f"{name}.<image>")
         return image, self.mask_file(name)
 
@@ -176,8 +183,14 @@ class FolderDataModule(SegmentationDataModule):
         if self._splits is None:
             self.check_layout()
             self._splits = self._read_or_draw_splits()
-            self._write_splits()
         return self._splits
+
+    def setup(self, stage: str | None = None) -> None:
+        """Lightning's ``setup``, once the run is accepted: the split is written then (a run
+        refused by a check writes nothing)."""
+        super().setup(stage)
+        if rank_zero_only.rank == 0:
+            self._write_splits()
 
     def _read_or_draw_splits(self) -> dict[str, list[str]]:
         if self.split_files:
@@ -227,9 +240,8 @@ class FolderDataModule(SegmentationDataModule):
     def _write_splits(self) -> None:
         if self.split_dir is None:
             return
-        self.split_dir.mkdir(parents=True, exist_ok=True)
-        for split, names in (self._splits or {}).items():
-            (self.split_dir / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+        for split, names in self.splits().items():
+            atomic_write_text(self.split_dir / f"{split}.txt", "".join(f"{n}\n" for n in names))
 
     def empty_split_message(self, split: str) -> str:
         if self.split_files:
@@ -246,7 +258,8 @@ class FolderDataModule(SegmentationDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Use the split a checkpoint was trained with (resume, ``segpets.eval``); anything
-        but lists of names is refused (a checkpoint is data from elsewhere)."""
+        but lists of names is refused, and a name that is not a file stem (``../x``, an
+        absolute path) is dropped with a warning (a checkpoint is data from elsewhere)."""
         splits = state_dict.get("splits") if isinstance(state_dict, dict) else None
         if not isinstance(splits, dict) or not all(
             isinstance(splits.get(s, []), list)
@@ -254,9 +267,12 @@ class FolderDataModule(SegmentationDataModule):
             for s in SPLITS
         ):
             raise ConfigError("ckpt_path: the checkpoint's data split is not lists of names")
-        self._splits = {s: list(splits.get(s, [])) for s in SPLITS}
+        names = [(s, n) for s in SPLITS for n in splits.get(s, [])]
+        kept = set(plain_names([n for _, n in names], "ckpt_path: the checkpoint's data split"))
+        self._splits = {s: [n for n in splits.get(s, []) if n in kept] for s in SPLITS}
         self.datasets.clear()
-        self._write_splits()
+        if self.trainer is not None and rank_zero_only.rank == 0:
+            self._write_splits()  # Lightning restores it after setup: the split used
 
     def sample_labels(self, names: list[str]) -> dict[str, dict[str, str]]:
         if self.groups is None:

@@ -8,6 +8,7 @@ is converted to RGB, and every failure names its file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -191,10 +192,16 @@ class PetDataModule(SegmentationDataModule):
                 f"data.download=true writes to <dir>/{TORCHVISION_FOLDER} (torchvision's layout); "
                 f"set data.root to a path ending in '{TORCHVISION_FOLDER}', got '{self.root}'"
             )
+        missing = [p for p in (self.root, *self.root.parents) if not p.exists()]
         try:
             OxfordIIITPet(self.root.parent, target_types="segmentation", download=True)
-        except OSError as err:  # URLError/HTTPError when offline
-            raise DataError(
+        except BaseException as err:
+            for folder in missing:  # deepest first: the folders it made, if still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            if not isinstance(err, OSError):
+                raise
+            raise DataError(  # URLError/HTTPError when offline
                 f"downloading Oxford-IIIT Pet to '{self.root}' failed ({err}); download it "
                 f"elsewhere and set data.root=/path/to/oxford-iiit-pet"
             ) from err

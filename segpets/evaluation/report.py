@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from segpets.command.outputs import atomic_write
 from segpets.evaluation.overlays import IGNORED_RGB, draw_outcomes
 
 
@@ -87,4 +88,5 @@ def captioned_panel(
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
-    Image.fromarray(array).save(path)
+    """(H, W[, 3]) uint8 ``array`` as a PNG file, written whole (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
