@@ -25,9 +25,11 @@ from segpets.checkpoints.load import (
     module_from_checkpoint,
     restore_datamodule_state,
 )
+from segpets.checkpoints.trust import vouched_targets
 from segpets.command.build import instantiate_or_explain
 from segpets.command.checks import check_resolvable
 from segpets.command.entry import entry_point
+from segpets.command.paths import make_paths_absolute
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 from segpets.evaluation.collector import EvalCollector
@@ -41,8 +43,10 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     """Test (or validate, for ``split=val``) the checkpoint; writes ``metrics.json``, the CSVs
     and the worst-image overlays into ``output_dir`` (default: the Hydra run folder)."""
     check_resolvable(cfg)
+    make_paths_absolute(cfg)  # data.* values given here: relative to this folder
+    vouched = vouched_targets(cfg)
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
-    saved, state_dict = load_checkpoint(ckpt_path)
+    saved, state_dict = load_checkpoint(ckpt_path, vouched=vouched)
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got '{cfg.split}'")
     opts = cfg.get("eval") or {}

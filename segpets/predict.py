@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from segpets.checkpoints.trust import vouched_targets
 from segpets.command.checks import check_resolvable
 from segpets.command.entry import entry_point
 from segpets.command.record import accept_run, task_run
@@ -95,6 +96,7 @@ def check_overwrite(plan: dict[Path, dict], overwrite: bool) -> None:
 def predict(cfg: DictConfig) -> list[str]:
     """Writes the outputs; returns the inputs that could not be read (already reported)."""
     check_resolvable(cfg)
+    vouched = vouched_targets(cfg)
     check_tta(cfg.tta, "tta")
     if not 0.0 < float(cfg.threshold) < 1.0:
         raise ConfigError(f"threshold must be strictly between 0 and 1, got {cfg.threshold}")
@@ -105,7 +107,7 @@ def predict(cfg: DictConfig) -> list[str]:
     kinds = ["mask"] + [k for k in ("overlay", "probabilities") if cfg.get(k)]
     plan = output_paths(files, output_dir, kinds)
     check_overwrite(plan, bool(cfg.overwrite))
-    model = load_model(cfg.ckpt_path, device=cfg.device)
+    model = load_model(cfg.ckpt_path, device=cfg.device, vouched=vouched)
     accept_run()  # every check that can refuse has passed: the log is written from now on
     cut = math.log(cfg.threshold / (1 - cfg.threshold))  # prob > t ⇔ logit > cut
     skipped: list[str] = []
