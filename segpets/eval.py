@@ -26,10 +26,12 @@ from segpets.checkpoints.load import (
     restore_datamodule_state,
 )
 from segpets.checkpoints.paths import stored_data_paths
+from segpets.checkpoints.trust import vouched_targets
 from segpets.command.build import instantiate_or_explain
 from segpets.command.checks import check_resolvable, check_values
 from segpets.command.entry import entry_point
 from segpets.command.outputs import atomic_write_text
+from segpets.command.paths import make_paths_absolute
 from segpets.command.record import accept_run, task_run
 from segpets.command.tables import markdown, write_csv
 from segpets.errors import ConfigError
@@ -45,8 +47,10 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     and the worst-image overlays into ``output_dir`` (default: the Hydra run folder)."""
     check_resolvable(cfg)
     check_values(cfg, "eval")
+    make_paths_absolute(cfg)  # data.* values given here: relative to this folder
+    vouched = vouched_targets(cfg)
     ckpt_path = Path(cfg.ckpt_path).expanduser().resolve()
-    saved, state_dict = load_checkpoint(ckpt_path)
+    saved, state_dict = load_checkpoint(ckpt_path, vouched=vouched)
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got '{cfg.split}'")
     opts = cfg.get("eval") or {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segpets.checkpoints.load import load_checkpoint, module_from_checkpoint
+from segpets.checkpoints.trust import vouched_targets
 from segpets.command.checks import check_resolvable, check_values
 from segpets.command.entry import entry_point
 from segpets.command.outputs import atomic_write
@@ -101,15 +103,17 @@ def parity(
     sizes=PARITY_SIZES,
     reference: list[torch.Tensor] | None = None,
     name: Path | None = None,
+    vouched: Collection[str] = frozenset(),
 ) -> float:
     """Max |logit difference| between the export at ``output`` and ``net`` on random inputs of
     several batch sizes and H×W (``reference``: ``net``'s logits on them, see
     :func:`reference_logits`; ``name``: the export's final path, for messages; default
-    ``output``). ``ConfigError`` when the export's logits are NaN or infinite,
+    ``output``; ``vouched``: the targets the user vouches for, as the export is read back like
+    any other). ``ConfigError`` when the export's logits are NaN or infinite,
     ``RuntimeError`` when they differ by more than :data:`PARITY_ATOL`."""
     reference = reference or reference_logits(net, "ckpt_path", sizes)
     name = name or output
-    exported = load_model(output)
+    exported = load_model(output, vouched=vouched)
     worst = 0.0
     for x, ref in zip(_parity_inputs(sizes), reference, strict=True):
         got = exported.logits(x)
@@ -136,10 +140,11 @@ def export(cfg: DictConfig) -> Path:
     over it: a kill or a failed check leaves the previous file (``overwrite=true``) intact."""
     check_resolvable(cfg)
     check_values(cfg, "export")
+    vouched = vouched_targets(cfg)
     fmt = cfg.format
     if fmt not in SUFFIXES:
         raise ConfigError(f"format must be 'onnx' or 'torchscript', got '{fmt}'")
-    config, state_dict = load_checkpoint(cfg.ckpt_path)
+    config, state_dict = load_checkpoint(cfg.ckpt_path, vouched=vouched)
     output = (
         cfg.get("output") or Path(HydraConfig.get().runtime.output_dir) / f"model{SUFFIXES[fmt]}"
     )
@@ -158,7 +163,7 @@ def export(cfg: DictConfig) -> Path:
 
     def write_and_check(tmp: Path) -> None:
         export_net(net, stored, fmt, tmp, int(cfg.opset))
-        diffs.append(parity(net, tmp, reference=reference, name=output))
+        diffs.append(parity(net, tmp, reference=reference, name=output, vouched=vouched))
 
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, write_and_check, suffix=output.suffix)  # load_model reads the suffix

@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from segpets.checkpoints.trust import vouched_targets
 from segpets.command.checks import check_resolvable, check_values
 from segpets.command.entry import entry_point
 from segpets.command.record import accept_run, task_run
@@ -102,6 +103,7 @@ def predict(cfg: DictConfig) -> list[str]:
     reported)."""
     check_resolvable(cfg)
     check_values(cfg, "predict")
+    vouched = vouched_targets(cfg)
     check_tta(cfg.tta, "tta")
     if not 0.0 < float(cfg.threshold) < 1.0:
         raise ConfigError(f"threshold must be strictly between 0 and 1, got {cfg.threshold}")
@@ -118,7 +120,7 @@ def predict(cfg: DictConfig) -> list[str]:
     settings = {"model": file_sha256(model_file), "threshold": float(cfg.threshold)}
     settings["tta"] = cfg.tta
     todo, complete = pending(plan, settings, bool(cfg.overwrite))
-    model = load_model(model_file, device=cfg.device)
+    model = load_model(model_file, device=cfg.device, vouched=vouched)
     accept_run()  # every check that can refuse has passed: the log is written from now on
     remove_partial_writes(todo)
     cut = math.log(cfg.threshold / (1 - cfg.threshold))  # prob > t ⇔ logit > cut

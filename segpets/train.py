@@ -27,6 +27,7 @@ from segpets.command.checks import check_launch, check_resolvable, check_values
 from segpets.command.distributed import check_eval_shards, without_cpu_sync_batchnorm
 from segpets.command.entry import entry_point
 from segpets.command.outputs import atomic_write_text
+from segpets.command.paths import make_paths_absolute
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 from segpets.evaluation.coverage import TestedImages
@@ -55,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_launch()
     check_resolvable(cfg)
     check_values(cfg, "train")
+    make_paths_absolute(cfg)  # the checkpoints' config works from any folder
     if not (cfg.get("train") or cfg.get("test")):
         raise ConfigError("train=false test=false: nothing to do")
     if cfg.get("seed") is not None:

@@ -5,6 +5,7 @@ release load: :func:`upgrade_config` brings their stored config to today's layou
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,19 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | Path, need: tuple[str, ...] = REBUILT_SECTIONS
+    path: str | Path,
+    need: tuple[str, ...] = REBUILT_SECTIONS,
+    vouched: Collection[str] = frozenset(),
 ) -> tuple[DictConfig, dict[str, torch.Tensor]]:
     """(trusted training config, model state dict) of a segpets checkpoint: loaded with
     ``weights_only=True``, and the sections segpets rebuilds checked against its allowlist of
-    targets before anything is instantiated (:mod:`segpets.checkpoints.trust`)."""
+    targets (plus ``vouched``: what the user vouches for, :func:`~segpets.checkpoints.trust.
+    vouched_targets`) before anything is instantiated (:mod:`segpets.checkpoints.trust`)."""
     path, ckpt = read_checkpoint(path)
     config = stored_config(ckpt)
     if not isinstance(config, dict) or "model" not in config:
         raise ConfigError(f"ckpt_path: '{path}' is not a segpets training checkpoint")
-    return trusted_config(config, f"ckpt_path: '{path}'", need), ckpt["state_dict"]
+    return trusted_config(config, f"ckpt_path: '{path}'", need, vouched), ckpt["state_dict"]
 
 
 def module_from_checkpoint(

@@ -33,10 +33,16 @@ from omegaconf import DictConfig, OmegaConf
 from segpets.checkpoints.load import read_checkpoint, stored_config
 from segpets.checkpoints.paths import checkpoint_beside
 from segpets.checkpoints.states import check_training_state
-from segpets.checkpoints.trust import trusted_config
+from segpets.checkpoints.trust import (
+    REBUILT_SECTIONS,
+    config_targets,
+    trusted_config,
+    vouched_targets,
+)
 from segpets.command.checks import config_differences, flatten
 from segpets.command.outputs import atomic_write
 from segpets.command.overrides import override_arg
+from segpets.command.paths import stored_paths_absolute
 from segpets.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,9 +116,14 @@ def check_resumable(path: str | Path, cfg: DictConfig, current: dict | None = No
     source = f"ckpt_path: '{path}'"
     if not isinstance(stored, dict) or "model" not in stored:
         raise ConfigError(f"{source} is not a segpets training checkpoint")
-    saved = trusted_config(stored, source, need=("model",))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # what this run builds from its own config (model, loss, data) it trusts in the file too:
+    # a resume never instantiates the stored config, and the model must be the same anyway
+    own = config_targets({k: resolved.get(k) for k in REBUILT_SECTIONS})
+    saved = trusted_config(stored, source, need=("model",), vouched=vouched_targets(cfg) | own)
     _check_same_model(saved, cfg, path)
-    current = current or _with_stored_stats(OmegaConf.to_container(cfg, resolve=True), stored)
+    current = current or _with_stored_stats(resolved, stored)
+    stored = stored_paths_absolute(stored)  # relative paths of older checkpoints: from here
     testing_only = not cfg.get("train")
     if testing_only:
         stored, current = _tested_part(stored), _tested_part(current)

@@ -16,6 +16,7 @@ import copy
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +30,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.plugins.config_source import ConfigSource
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from segpets.checkpoints.trust import listed_targets
 from segpets.command.checks import check_launch, check_resolvable, check_values
 from segpets.command.overrides import sweep_jobs
 from segpets.command.signals import sweep_signals
@@ -40,6 +43,7 @@ from segpets.errors import USER_ERROR_EXIT_CODE, ConfigError
 
 CONFIG_PATH = "configs"  # every entry point's hydra.main(config_path=...), inside the package
 MAX_JOBS_CHECKED = 64  # a bigger grid is left to Hydra (composing takes ~0.1 s a job)
+SEARCHPATH_FORMS = "file:///absolute/folder, file://relative/folder or pkg://importable.package"
 
 
 def entry_point(config_name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
@@ -70,7 +74,9 @@ def check_command_line(argv: list[str], config_name: str) -> bool:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as err:
         _fail(err)
-    with _hydra(args.config_dir) as hydra:
+    with _hydra(args.config_dir) as hydra, warnings.catch_warnings():
+        # Hydra warns about a search-path entry that is not there; _check_sources refuses it
+        warnings.filterwarnings("ignore", message=r"provider=.* is not available")
         searchpath = [o.input_line for o in overrides if o.get_key_element() == "hydra.searchpath"]
         _check_sources(hydra, config_name, searchpath)
         check_group_choices(hydra, config_name, args.overrides, searchpath)
@@ -96,18 +102,42 @@ def _hydra(config_dir: str | None) -> Iterator[Hydra]:
 
 
 def _check_sources(hydra: Hydra, config_name: str, searchpath: list[str]) -> None:
-    """Every config source of the search path (``hydra.searchpath=[...]`` included) exists:
+    """Every config source the user added to the search path (``--config-dir``,
+    ``hydra.searchpath=[...]`` on the command line or in a config) exists and holds configs:
     Hydra only warns about one that does not, and then reports its options as missing."""
-    _, repo = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, searchpath)
+    try:
+        _, repo = hydra.config_loader._parse_overrides_and_create_caching_repo(
+            config_name, searchpath
+        )
+    except (ValueError, HydraException) as err:  # a scheme Hydra has no source for, a non-list
+        detail = _first_line(err).removeprefix("hydra.searchpath ")
+        _fail(ConfigError(f"hydra.searchpath: {detail} ({SEARCHPATH_FORMS})"))
     for source in repo.get_sources():
-        if source.scheme() != "structured" and not source.available():
-            where = "--config-dir" if source.provider == "command-line" else "hydra.searchpath"
+        if source.provider != "command-line" and not source.provider.startswith("hydra.searchpath"):
+            continue  # segpets' own configs, Hydra's, plugins'
+        where = "--config-dir" if source.provider == "command-line" else "hydra.searchpath"
+        if not source.available():
             _fail(
                 ConfigError(
                     f"{where}: '{source.full_path()}' is not a config folder or package "
-                    f"(file:///absolute/folder or pkg://importable.package)"
+                    f"({SEARCHPATH_FORMS})"
                 )
             )
+        if not _holds_configs(source):
+            _fail(ConfigError(f"{where}: '{source.full_path()}' holds no configs (*.yaml)"))
+
+
+def _holds_configs(source: ConfigSource, group: str = "") -> bool:
+    """Whether ``source`` has a config (a ``.yaml`` file) in ``group`` or any group below."""
+    if source.list(group, ObjectType.CONFIG):
+        return True
+    subgroups = source.list(group, ObjectType.GROUP)
+    return any(_holds_configs(source, f"{group}/{g}" if group else g) for g in subgroups)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def check_group_choices(
@@ -200,6 +230,7 @@ def check_job(cfg: DictConfig) -> None:
             check_launch()
         check_resolvable(task)
         check_values(task, OmegaConf.select(cfg, "hydra.job.config_name", default=None))
+        listed_targets(task)  # each trusted_targets entry imports, before any work
         for key in ("hydra.run.dir", "hydra.sweep.dir"):  # resolved by Hydra before the task
             OmegaConf.select(cfg, key, throw_on_missing=False)
     except OmegaConfBaseException as err:

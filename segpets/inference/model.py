@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,30 +44,33 @@ class Model:
         return hflip_average(self.forward, images) if tta == "hflip" else self.forward(images)
 
 
-def load_model(path: str | Path, device: str = "cpu") -> Model:
+def load_model(
+    path: str | Path, device: str = "cpu", vouched: Collection[str] = frozenset()
+) -> Model:
     """A :class:`Model` from ``.onnx`` (onnxruntime, CPU), ``.pt``/``.ts`` (TorchScript) or
-    any other file as a segpets checkpoint."""
+    any other file as a segpets checkpoint; its stored config is checked like a checkpoint's
+    (``vouched``: the targets the user vouches for beyond segpets' own)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"ckpt_path: no such file '{path}'")
     if path.suffix == ".onnx":
-        config, forward = _onnx(path)
+        config, forward = _onnx(path, vouched)
     elif path.suffix in (".pt", ".ts"):
-        config, forward = _torchscript(path, device)
+        config, forward = _torchscript(path, device, vouched)
     else:
-        config, forward = _checkpoint(path, device)
+        config, forward = _checkpoint(path, device, vouched)
     transform = instantiate_or_explain(config.data.eval_transform, "data.eval_transform")
     return Model(config, forward, transform)
 
 
-def _checkpoint(path: Path, device: str):
-    config, state_dict = load_checkpoint(path)
+def _checkpoint(path: Path, device: str, vouched: Collection[str]):
+    config, state_dict = load_checkpoint(path, vouched=vouched)
     module = module_from_checkpoint(config, state_dict, source=f"ckpt_path: '{path}'")
     module.eval().to(device)
     return config, lambda x: module(x.to(device)).float().cpu()
 
 
-def _onnx(path: Path):
+def _onnx(path: Path, vouched: Collection[str]):
     import onnx
     import onnxruntime as ort
 
@@ -77,7 +80,7 @@ def _onnx(path: Path):
         }
     except Exception as err:  # DecodeError and friends: not an ONNX file
         raise ConfigError(f"ckpt_path: cannot load ONNX model '{path}': {err}") from None
-    config = exported_config(meta.get(CONFIG_KEY), path)
+    config = exported_config(meta.get(CONFIG_KEY), path, vouched)
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -90,8 +93,9 @@ def _onnx(path: Path):
     return config, forward
 
 
-def _torchscript(path: Path, device: str):
-    config = exported_config(_torchscript_extra(path), path)  # checked before the net is loaded
+def _torchscript(path: Path, device: str, vouched: Collection[str]):
+    # checked before the net is loaded
+    config = exported_config(_torchscript_extra(path), path, vouched)
     try:
         net = torch.jit.load(str(path), map_location=device)
     except Exception as err:  # RuntimeError for anything that is not a TorchScript archive
@@ -111,13 +115,16 @@ def _torchscript_extra(path: Path) -> str | None:
         raise ConfigError(f"ckpt_path: cannot load TorchScript model '{path}': {err}") from None
 
 
-def exported_config(text: str | None, path: Path) -> DictConfig:
+def exported_config(
+    text: str | None, path: Path, vouched: Collection[str] = frozenset()
+) -> DictConfig:
     """The training config an export carries, parsed as JSON and checked like a checkpoint's
-    (``segpets.trust``): an export is data, its targets are never instantiated blindly."""
+    (:mod:`segpets.checkpoints.trust`, ``vouched`` included): an export is data, its targets
+    are never instantiated blindly."""
     if not text:
         raise ConfigError(f"ckpt_path: '{path}' was not written by segpets.export (no config)")
     try:
         stored = json.loads(text)
     except ValueError as err:
         raise ConfigError(f"ckpt_path: '{path}' holds an unreadable config ({err})") from None
-    return trusted_config(stored, f"ckpt_path: '{path}'")
+    return trusted_config(stored, f"ckpt_path: '{path}'", vouched=vouched)
