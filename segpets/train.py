@@ -16,15 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from segpets.callbacks.best_metric import BestMetric
 from segpets.callbacks.resume import exit_code_on_preemption
 from segpets.checkpoints.resume import refuse_overwrite, resolve_ckpt_path
-from segpets.command.build import (
-    build_callbacks,
-    build_loggers,
-    build_module,
-    instantiate_or_explain,
-)
+from segpets.command.build import build_callbacks, build_module, instantiate_or_explain
 from segpets.command.checks import check_launch, check_resolvable, check_values
 from segpets.command.distributed import check_eval_shards, without_cpu_sync_batchnorm
 from segpets.command.entry import entry_point
+from segpets.command.extras import extras, run_summary
+from segpets.command.loggers import build_loggers, close_loggers, describe_run, record_results
 from segpets.command.record import accept_run, task_run
 from segpets.errors import ConfigError
 
@@ -54,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_values(cfg)
     if not (cfg.get("train") or cfg.get("test")):
         raise ConfigError("train=false test=false: nothing to do")
+    extras(cfg)  # warnings, tags, the config tree (configs/extras)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_or_explain(cfg.data, "data")
@@ -71,6 +69,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     ckpt_path = _check_before_fit(cfg, module, datamodule, trainer)
     accept_run()  # every check that can refuse has passed: the run's record is written now
+    _announce(cfg, datamodule, trainer)
+    try:
+        return _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, best)
+    finally:
+        close_loggers()
+
+
+def _fit_and_test(cfg, trainer: L.Trainer, module, datamodule, ckpt_path, best) -> dict:
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         with exit_code_on_preemption(trainer):  # SIGTERM/SIGINT: last.ckpt saved, exit 143/130
@@ -81,12 +87,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
         if best and best.best is not None:
             metrics[f"best/{best.monitor}"] = best.best
+    tested = None
     if cfg.get("test"):
         tested = _best_checkpoint(trainer) if cfg.get("train") else str(ckpt_path)
         with exit_code_on_preemption(trainer):
             metrics.update(_test(trainer, module, datamodule, tested))
     _log_hparams(cfg, trainer, metrics)
+    best_values = {k: v for k, v in metrics.items() if k.startswith("best/")}
+    record_results(trainer.loggers, tested or None, best_values)
     return metrics
+
+
+def _announce(cfg: DictConfig, datamodule, trainer: L.Trainer) -> None:
+    """Say where the run writes, on what data, device and precision; give the loggers the
+    run's tags and folder."""
+    output_dir = Path(trainer.default_root_dir).resolve()
+    sizes = {}
+    if hasattr(datamodule, "datasets"):  # the splits _check_before_fit scanned
+        sizes = {split: len(ds) for split, ds in datamodule.datasets.items()}
+    device = f"{trainer.strategy.root_device} x{trainer.num_devices * trainer.num_nodes}"
+    if trainer.is_global_zero:
+        print(run_summary(output_dir, sizes, device, str(trainer.precision)), flush=True)
+    describe_run(trainer.loggers, cfg.get("tags") or [], output_dir)
 
 
 def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -> Path | None:
@@ -151,7 +173,7 @@ def _log_hparams(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float])
     if not final or not loggers:
         return
     keys = list(HPARAM_KEYS)
-    params: dict[str, object] = {}
+    params: dict[str, object] = {"tags": ", ".join(map(str, cfg.get("tags") or []))}
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         choices = hydra_cfg.runtime.choices

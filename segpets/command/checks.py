@@ -3,8 +3,9 @@
 
 * :func:`check_resolvable`: every value of the composed config resolves (no ``???`` left, no
   ``${oc.env:...}`` of an unset variable, no interpolation of a missing key);
-* :func:`check_values`: sizes and lr no library rejects clearly, and ``data.image_size`` at
-  least what the model can take (its class's ``min_input_size``);
+* :func:`check_values`: sizes and lr no library rejects clearly, ``data.image_size`` at
+  least what the model can take (its class's ``min_input_size``), the loggers' packages and
+  MLflow store (:mod:`segpets.command.loggers`), and ``tags`` (``extras.enforce_tags``);
 * :func:`check_launch`: ``hydra.job.chdir=true`` is refused (paths are relative to the launch
   directory);
 * :func:`config_differences`: which keys of a checkpoint's stored config differ from this
@@ -22,6 +23,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from segpets.command.extras import check_tags
+from segpets.command.loggers import check_loggers
 from segpets.errors import ConfigError, SegpetsError
 
 # Keys a resumed (or test-only) run may change: where things are, how the run executes and
@@ -132,12 +135,15 @@ def _drop_hydra_only(failures: dict[str, Any], raw: dict[str, Any]) -> None:
 
 def check_values(cfg: DictConfig) -> None:
     """Sizes and lr that no library rejects clearly (lr=0 trains nothing; size 0 fails deep
-    inside albumentations), and an image size the model can take."""
+    inside albumentations), an image size the model can take, loggers that can work (their
+    package installed, an MLflow store that can be written) and the tags ``extras`` asks for."""
     for key in ("optimizer.lr", "data.image_size", "data.batch_size"):
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
     check_image_size(cfg)
+    check_loggers(cfg)
+    check_tags(cfg)
 
 
 def check_image_size(cfg: DictConfig) -> None:
