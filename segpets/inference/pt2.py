@@ -55,6 +55,8 @@ _SYMPY_CALLS = {
     *["IntTrueDiv", "FloatTrueDiv", "ToFloat", "FloatPow", "PowByNatural", "Identity"],
     *["IsNonOverlappingAndDenseIndicator", "LShift", "RShift"],
     *["Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not"],
+    *["Equality", "Unequality", "GreaterThan", "StrictGreaterThan", "LessThan"],
+    *["StrictLessThan"],
 }
 _SYMPY_KEYWORDS = {"positive", "integer", "nonnegative", "real", "finite", "evaluate"}
 _SYMBOL = re.compile(r"[a-z]+\d+")
@@ -180,7 +182,7 @@ def _sympy_node(node: ast.AST) -> bool:
     if isinstance(node, ast.keyword):
         return node.arg in _SYMPY_KEYWORDS
     if isinstance(node, ast.Name):
-        return node.id in _SYMPY_CALLS or node.id in ("True", "False", "oo", "zoo", "nan")
+        return node.id in _SYMPY_CALLS or node.id in ("True", "False", "true", "false", "oo")
     if isinstance(node, ast.Constant):
         value = node.value
         return isinstance(value, (int, float, bool)) or (
