@@ -18,6 +18,7 @@ from segpets.callbacks.resume import exit_code_on_preemption
 from segpets.checkpoints.resume import refuse_overwrite, resolve_ckpt_path
 from segpets.command.build import build_callbacks, build_module, instantiate_or_explain
 from segpets.command.checks import check_launch, check_resolvable, check_values
+from segpets.command.console import quiet_libraries
 from segpets.command.distributed import check_eval_shards, without_cpu_sync_batchnorm
 from segpets.command.entry import entry_point
 from segpets.command.extras import extras, run_summary
@@ -46,6 +47,7 @@ HPARAM_GROUPS = ("experiment", "model", "optimizer", "scheduler", "data", "train
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint (``train=false``: test ``ckpt_path``); returns all
     logged metrics plus ``best/<checkpoint monitor>`` and ``best/<optimized_metric>``."""
+    quiet_libraries()  # also when called from Python, outside the command line
     check_launch()
     check_resolvable(cfg)
     check_values(cfg)
@@ -70,10 +72,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = _check_before_fit(cfg, module, datamodule, trainer)
     accept_run()  # every check that can refuse has passed: the run's record is written now
     _announce(cfg, datamodule, trainer)
+    failed = True
     try:
-        return _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, best)
+        metrics = _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, best)
+        failed = False
+        return metrics
     finally:
-        close_loggers()
+        close_loggers(failed)  # W&B: this run ends here (a sweep's next job starts its own)
 
 
 def _fit_and_test(cfg, trainer: L.Trainer, module, datamodule, ckpt_path, best) -> dict:

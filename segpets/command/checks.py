@@ -40,6 +40,7 @@ RESUME_IGNORED = (
     "paths",
     "callbacks",
     "logger",
+    "extras",  # what a run prints at start
     "trainer.max_epochs",
     "trainer.max_steps",
     "trainer.max_time",
@@ -67,6 +68,9 @@ RESUME_IGNORED = (
     "module",
 )
 _ABSENT = "<absent>"
+# keys whose null means what the given value meant in older configs (Lightning's default for
+# limit_*_batches is all batches, which configs before issue 25 wrote as 1.0)
+_NULL_MEANS = {f"trainer.limit_{s}_batches": 1.0 for s in ("train", "val", "test")}
 
 
 def check_resolvable(cfg: DictConfig) -> None:
@@ -181,12 +185,18 @@ def config_differences(
     compared element by element), keys matching ``ignored`` (a pattern or a prefix) left out.
     ``raw``: this run's unresolved values by key; a key that only follows another differing
     key (``${data.image_size}`` in a transform) is not listed on its own."""
-    theirs, ours = flatten(stored), flatten(current)
+    theirs, ours = _as_null(flatten(stored)), _as_null(flatten(current))
     keys = sorted(k for k in theirs.keys() | ours.keys() if not _ignored(k, ignored))
     differ = [k for k in keys if theirs.get(k, _ABSENT) != ours.get(k, _ABSENT)]
     raw = raw or {}
     shown = [k for k in differ if not any("{" + o in str(raw.get(k, "")) for o in differ)]
     return [f"{k}: {theirs.get(k, _ABSENT)!r} there, {ours.get(k, _ABSENT)!r} here" for k in shown]
+
+
+def _as_null(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` with the values :data:`_NULL_MEANS` names as null (``1.0`` → ``None``)."""
+    same = {k: None for k, v in _NULL_MEANS.items() if flat.get(k) == v and type(flat[k]) is float}
+    return {**flat, **same}
 
 
 def flatten(node: Any, key: str = "") -> dict[str, Any]:

@@ -12,8 +12,8 @@ folder's record. ``configs/hydra/default.yaml`` turns both off; :func:`task_run`
   bar redraws (writes that start with a carriage return), colours, cursor moves and other
   control characters dropped, trailing blanks trimmed;
 * with ``extras.print_config``, ``<run dir>/config_tree.log`` holds the printed config tree;
-* a run refused before acceptance writes neither, and the run folder Hydra created is removed
-  again if it is empty (files are never deleted).
+* a run refused before acceptance writes none of these, and the run folder Hydra created is
+  removed again if it is empty (files are never deleted).
 
 Only global rank 0 writes (Lightning's DDP processes run the same entry point).
 """
