@@ -61,6 +61,9 @@ _SYMPY_CALLS = {
 _SYMPY_KEYWORDS = {"positive", "integer", "nonnegative", "real", "finite", "evaluate"}
 _SYMBOL = re.compile(r"[a-z]+\d+")
 _GUARD_ATTRS = {"size", "stride", "storage_offset"}
+# a damaged zip, bad JSON, or JSON of another shape than torch writes
+_UNREADABLE = (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, KeyError, TypeError)
+_UNREADABLE += (AttributeError,)
 
 
 def read_pt2(path: Path, config_name: str) -> str | None:
@@ -76,7 +79,7 @@ def read_pt2(path: Path, config_name: str) -> str | None:
                     _check_model(files, model, path)
             extra = f"extra/{config_name}"
             return files.read(extra).decode() if extra in files else None
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, KeyError) as err:
+    except _UNREADABLE as err:
         raise _refused(path, f"unreadable ({err})") from None
 
 
