@@ -1,10 +1,19 @@
 """Export a checkpoint's net for deployment:
-``python -m segpets.export ckpt_path=PATH format=onnx|torchscript [output=FILE]``.
+``python -m segpets.export ckpt_path=PATH format=onnx|torch_export|torchscript [output=FILE]``.
 
 Input ``image`` (N, 3, H, W) float, normalised as in training; output ``logits``
-(N, 1, H, W). Batch, height and width are dynamic. The training config rides along (ONNX
-metadata / TorchScript extra file) so ``segpets.predict ckpt_path=<export>`` preprocesses
-exactly as eval did. The export is checked against PyTorch before the command returns.
+(N, 1, H, W). Batch, height and width are dynamic. Formats:
+
+* ``onnx`` (default, ``.onnx``): PyTorch's ``torch.export``-based ONNX exporter
+  (``dynamo=True``, the one PyTorch recommends since 2.9), weights inside the file;
+* ``torch_export`` (``.pt2``): a ``torch.export`` ExportedProgram (``torch.export.save``);
+* ``torchscript`` (``.pt``): ``torch.jit.trace``, deprecated by PyTorch; kept while it works.
+
+Shapes are traced size-obliviously (no specialisation on sizes of 0 or 1), so no H×W the net
+takes is refused by a guard. The training config rides along (ONNX metadata, the archive's
+extra file) so ``segpets.predict ckpt_path=<export>`` preprocesses exactly as eval did. The
+export is checked against PyTorch on random inputs of other batch sizes and H×W before the
+command returns.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import json
 import logging
 import warnings
 from collections.abc import Collection
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -32,50 +42,73 @@ from segpets.inference.model import CONFIG_KEY, ONNX_INPUT, ONNX_OUTPUT, load_mo
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+SUFFIXES = {"onnx": ".onnx", "torch_export": ".pt2", "torchscript": ".pt"}
 PARITY_ATOL = 1e-4  # max |logit difference| accepted between the export and PyTorch
 PARITY_SIZES = ((1, 64, 64), (3, 96, 80))  # (N, H, W) of the random parity inputs
+DYNAMIC = {0: "batch", 2: "height", 3: "width"}  # (N, 3, H, W): every dim but channels
 
 
-def export_net(net: nn.Module, config: dict, fmt: str, output: Path, opset: int = 17) -> None:
-    """Write ``net`` (eval mode, CPU) to ``output`` with ``config`` embedded; ``ConfigError``
-    when torch.onnx cannot export it at ``opset``."""
+def export_net(net: nn.Module, config: dict, fmt: str, output: Path, opset: int = 18) -> None:
+    """Write ``net`` (eval mode, CPU) to ``output`` in ``fmt`` with ``config`` embedded.
+    ``opset``: the ONNX opset (18 or newer for the ``torch.export``-based exporter).
+    ``ConfigError`` (one line) when the exporter cannot export the net."""
     example = torch.randn(2, 3, 64, 64)
-    config_json = json.dumps(config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer/deprecation chatter, not user-actionable
-        if fmt == "torchscript":
+    extra = {f"{CONFIG_KEY}.json": json.dumps(config)}
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer/deprecation chatter (said in the docs)
             traced = torch.jit.trace(net, example)
-            torch.jit.save(traced, str(output), _extra_files={f"{CONFIG_KEY}.json": config_json})
-            return
-        import onnx
+            torch.jit.save(traced, str(output), _extra_files=extra)
+        return
+    with size_oblivious():
+        if fmt == "torch_export":
+            auto = torch.export.Dim.AUTO
+            program = torch.export.export(
+                net, (example,), dynamic_shapes=({d: auto for d in DYNAMIC},)
+            )
+            torch.export.save(program, str(output), extra_files=extra)
+        else:
+            try:
+                _onnx(net, example, output, opset, extra)
+            except torch.onnx.errors.OnnxExporterError as err:
+                first = str(err).strip().splitlines()[0][:300]
+                raise ConfigError(
+                    f"opset={opset}: torch.onnx cannot export this net: {first}"
+                ) from None
 
-        try:
-            _onnx_export(net, example, output, opset)
-        except torch.onnx.errors.OnnxExporterError as err:
-            first = str(err).strip().splitlines()[0][:300]
-            raise ConfigError(
-                f"opset={opset}: torch.onnx cannot export this net: {first}"
-            ) from None
+
+@contextmanager
+def size_oblivious():
+    """Trace with sizes of 0 and 1 treated like any other (``torch.export``'s
+    ``backed_size_oblivious``): without it, a padded-and-cropped net (SmpNet) gets guards
+    that refuse inputs needing no padding, or a 1×1 deepest feature map."""
+    from torch.fx.experimental import _config
+
+    with _config.patch(backed_size_oblivious=True):
+        yield
+
+
+def _onnx(net: nn.Module, example: torch.Tensor, output: Path, opset: int, extra: dict) -> None:
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter, not user-actionable
+        torch.onnx.export(
+            net,
+            (example,),
+            str(output),
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+            dynamic_shapes=({d: name for d, name in DYNAMIC.items()},),
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,  # one file: the weights inside the .onnx
+            verbose=False,
+        )
     model = onnx.load(str(output))
-    model.metadata_props.add(key=CONFIG_KEY, value=config_json)
+    for key, value in extra.items():
+        model.metadata_props.add(key=key.removesuffix(".json"), value=value)
     onnx.save(model, str(output))
-
-
-def _onnx_export(net: nn.Module, example: torch.Tensor, output: Path, opset: int) -> None:
-    dynamic = {0: "batch", 2: "height", 3: "width"}
-    # the TorchScript-based exporter: a few seconds, and the nets have no branches on
-    # sizes (segpets.models), so recorded shape ops keep H×W dynamic
-    torch.onnx.export(
-        net,
-        (example,),
-        str(output),
-        input_names=[ONNX_INPUT],
-        output_names=[ONNX_OUTPUT],
-        dynamic_axes={ONNX_INPUT: dynamic, ONNX_OUTPUT: dynamic},
-        opset_version=opset,
-        dynamo=False,
-    )
 
 
 def reference_logits(net: nn.Module, source: str, sizes=PARITY_SIZES) -> list[torch.Tensor]:
@@ -143,7 +176,7 @@ def export(cfg: DictConfig) -> Path:
     vouched = vouched_targets(cfg)
     fmt = cfg.format
     if fmt not in SUFFIXES:
-        raise ConfigError(f"format must be 'onnx' or 'torchscript', got '{fmt}'")
+        raise ConfigError(f"format must be one of {', '.join(SUFFIXES)}, got '{fmt}'")
     config, state_dict = load_checkpoint(cfg.ckpt_path, vouched=vouched)
     output = (
         cfg.get("output") or Path(HydraConfig.get().runtime.output_dir) / f"model{SUFFIXES[fmt]}"
@@ -168,6 +201,8 @@ def export(cfg: DictConfig) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, write_and_check, suffix=output.suffix)  # load_model reads the suffix
     print(f"wrote {output} ({fmt}); max |logit diff| vs PyTorch on random inputs: {diffs[0]:.2e}")
+    if fmt == "torchscript":
+        log.warning("TorchScript is deprecated by PyTorch; format=torch_export writes a .pt2")
     return output
 
 

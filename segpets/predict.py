@@ -1,7 +1,8 @@
 """Masks for new images: ``python -m segpets.predict ckpt_path=PATH input=IMAGE|DIR|GLOB
 [output_dir=DIR] [threshold=0.5] [tta=hflip] [overlay=true] [probabilities=true]``.
 
-``ckpt_path`` is a training checkpoint or an ONNX/TorchScript file from ``segpets.export``;
+``ckpt_path`` is a training checkpoint or an export from ``segpets.export`` (``.onnx``,
+``.pt2``, TorchScript ``.pt``);
 the preprocessing (image size, normalisation) is read from it. Every input is read as image
 viewers display it (its EXIF Orientation applied) and its mask is written at that width and
 height. Exit codes: 0 all written; 2 a user error (nothing written); 3 some inputs were

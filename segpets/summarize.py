@@ -178,8 +178,27 @@ def markdown(rows: list[dict], root: Path) -> str:
     return tables.markdown(rows, COLUMNS, cell)
 
 
+def short_labels(overrides: list[list[str]], names: list[str], width: int = 40) -> list[str]:
+    """Plot labels for runs: each run's own overrides with keys shortened to their last part
+    (``optimizer.lr=1e-3`` → ``lr=1e-3``), at most ``width`` characters (cut with ``…``); the
+    run's folder name where it has no own overrides, and where two labels would be equal."""
+    labels = []
+    for own, name in zip(overrides, names, strict=True):
+        parts = [_short_override(o) for o in own]
+        label = " ".join(parts) or name
+        labels.append(label if len(label) <= width else label[: width - 1] + "…")
+    clash = {x for x in labels if labels.count(x) > 1}
+    return [f"{name}: {x}" if x in clash else x for x, name in zip(labels, names, strict=True)]
+
+
+def _short_override(override: str) -> str:
+    key, sep, value = override.partition("=")
+    return f"{key.lstrip('+~').rsplit('.', 1)[-1]}{sep}{value}"
+
+
 def plot(runs: list[Run], labels: list[str], out: Path) -> list[Path]:
-    """``summary_loss.png`` (train solid, val dashed) and ``summary_val_dice.png``."""
+    """``summary_loss.png`` (train solid, val dashed) and ``summary_val_dice.png``; the legend
+    (``labels``, one per run) beside the axes, so long labels never squeeze the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,21 +210,31 @@ def plot(runs: list[Run], labels: list[str], out: Path) -> list[Path]:
     for name, curves in figures.items():
         fig, ax = plt.subplots(figsize=(8, 5))
         for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
-            for curve, style in zip(curves, ("-", "--"), strict=False):
+            for j, (curve, style) in enumerate(zip(curves, ("-", "--"), strict=False)):
                 points = run.curves.get(curve, [])
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    tag = f"{label} ({curve})" if len(curves) > 1 else label
+                    tag = label if j == 0 else "_nolegend_"  # one entry per run (its colour)
                     ax.plot(xs, ys, style, color=f"C{i % 10}", marker=".", label=tag)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("loss (BCE + Dice)" if name == "loss" else "val Dice (per-image mean)")
+        ax.set_ylabel(
+            "loss (BCE + Dice): train solid, val dashed"
+            if name == "loss"
+            else "val Dice (per-image mean)"
+        )
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize=7, loc="best")
+            columns = 1 + len(ax.lines) // 24  # a long sweep: more columns, not a taller figure
+            ax.legend(
+                fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
+                ncols=columns, frameon=False,
+            )  # fmt: skip
         path = out / f"summary_{name}.png"
-        fig.tight_layout()
-        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
+        atomic_write(  # the figure grows to hold the legend
+            path,
+            lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight"),
+        )
         plt.close(fig)
         written.append(path)
     return written
@@ -219,8 +248,7 @@ def summarize(root: Path, sort: str = "best_val_dice", out: Path | None = None) 
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     tables.write_csv(out / "summary.csv", rows, COLUMNS)
-    own = dict(zip((str(r.path) for r in runs), varying(runs)[0], strict=True))
-    labels = [" ".join(own[str(r.path)]) or r.path.name for r in runs]
+    labels = short_labels(varying(runs)[0], [r.path.name for r in runs])
     plots = plot(runs, labels, out)
     print(f"{len(rows)} runs in {root}, sorted by {sort}")
     if common:

@@ -17,15 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from segpets.callbacks.best_metric import BestMetric
 from segpets.callbacks.resume import exit_code_on_preemption
 from segpets.checkpoints.resume import CheckpointPaths, refuse_overwrite, resolve_ckpt_path
-from segpets.command.build import (
-    build_callbacks,
-    build_loggers,
-    build_module,
-    instantiate_or_explain,
-)
+from segpets.command.build import build_callbacks, build_module, instantiate_or_explain
 from segpets.command.checks import check_launch, check_resolvable, check_values
+from segpets.command.console import quiet_libraries
 from segpets.command.distributed import check_eval_shards, without_cpu_sync_batchnorm
 from segpets.command.entry import entry_point
+from segpets.command.extras import extras, run_summary
+from segpets.command.loggers import build_loggers, close_loggers, describe_run, record_results
 from segpets.command.outputs import atomic_write_text
 from segpets.command.paths import make_paths_absolute
 from segpets.command.record import accept_run, task_run
@@ -53,12 +51,14 @@ HPARAM_GROUPS = ("experiment", "model", "optimizer", "scheduler", "data", "train
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint (``train=false``: test ``ckpt_path``); returns all
     logged metrics plus ``best/<checkpoint monitor>`` and ``best/<optimized_metric>``."""
+    quiet_libraries()  # also when called from Python, outside the command line
     check_launch()
     check_resolvable(cfg)
     check_values(cfg, "train")
     make_paths_absolute(cfg)  # the checkpoints' config works from any folder
     if not (cfg.get("train") or cfg.get("test")):
         raise ConfigError("train=false test=false: nothing to do")
+    extras(cfg)  # warnings, tags, the config tree (configs/extras)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_or_explain(cfg.data, "data")
@@ -80,6 +80,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # every check that can refuse has passed: the run's record is written now; the folder of
     # an earlier run is taken only to continue from its own checkpoints
     accept_run(continues=_continues_in_place(ckpt_path))
+    _announce(cfg, datamodule, trainer)
+    failed = True
+    try:
+        metrics = _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, best)
+        failed = False
+        return metrics
+    finally:
+        close_loggers(failed)  # W&B: this run ends here (a sweep's next job starts its own)
+
+
+def _fit_and_test(cfg, trainer: L.Trainer, module, datamodule, ckpt_path, best) -> dict:
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         with exit_code_on_preemption(trainer):  # SIGTERM/SIGINT: last.ckpt saved, exit 143/130
@@ -90,12 +101,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
         if best and best.best is not None:
             metrics[f"best/{best.monitor}"] = best.best
+    tested = None
     if cfg.get("test"):
         tested = _best_checkpoint(trainer) if cfg.get("train") else str(ckpt_path)
         with exit_code_on_preemption(trainer):
             metrics.update(_test(trainer, module, datamodule, tested))
     _log_hparams(cfg, trainer, metrics)
+    best_values = {k: v for k, v in metrics.items() if k.startswith("best/")}
+    record_results(trainer.loggers, tested or None, best_values)
     return metrics
+
+
+def _announce(cfg: DictConfig, datamodule, trainer: L.Trainer) -> None:
+    """Say where the run writes, on what data, device and precision; give the loggers the
+    run's tags and folder."""
+    output_dir = Path(trainer.default_root_dir).resolve()
+    sizes = {}
+    if hasattr(datamodule, "datasets"):  # the splits _check_before_fit scanned
+        sizes = {split: len(ds) for split, ds in datamodule.datasets.items()}
+    device = f"{trainer.strategy.root_device} x{trainer.num_devices * trainer.num_nodes}"
+    if trainer.is_global_zero:
+        print(run_summary(output_dir, sizes, device, str(trainer.precision)), flush=True)
+    describe_run(trainer.loggers, cfg.get("tags") or [], output_dir)
 
 
 def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -> Path | None:
@@ -181,7 +208,7 @@ def _log_hparams(cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float])
     if not final or not loggers:
         return
     keys = list(HPARAM_KEYS)
-    params: dict[str, object] = {}
+    params: dict[str, object] = {"tags": ", ".join(map(str, cfg.get("tags") or []))}
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         choices = hydra_cfg.runtime.choices

@@ -9,8 +9,9 @@ import lightning as L
 import pytest
 from hydra.utils import instantiate
 
-from segpets.command.build import build_callbacks, build_loggers, build_module
+from segpets.command.build import build_callbacks, build_module
 from segpets.command.checks import check_values
+from segpets.command.loggers import build_loggers
 from tests.conftest import CONFIG_DIR, compose_train
 
 GROUPS = [
@@ -24,6 +25,7 @@ GROUPS = [
     "logger",
     "experiment",
     "debug",
+    "extras",
 ]
 OPTIONS = [
     (group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))
@@ -37,7 +39,7 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
-    overrides = [f"{group}={option}"]
+    overrides = [f"{group}={option}", f"paths.log_dir={tmp_path}"]  # an MLflow store: there
     if (group, option) == ("data", "folder"):  # its two folders are mandatory (???)
         overrides += [f"data.images={tmp_path}", f"data.masks={tmp_path}"]
     model = compose_train(overrides, tmp_path).model

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from segpets.summarize import main, read_curves, summarize
@@ -104,3 +106,53 @@ def test_cli_errors_are_one_line_exit_2(bad: str, sweep: Path, tmp_path: Path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segpets: error: ")
     assert ("no runs under" if bad == "no-runs" else "--sort must be one of") in err[0]
+
+
+LONG = [
+    "experiment=smp_unet_mobilenet",
+    "model.encoder_name=efficientnet-b0",
+    "data.train_transform.transforms.0.scale=[0.5,1.0]",
+    "optimizer.weight_decay=0.0001",
+]
+
+
+def test_plots_stay_readable_with_long_overrides(tmp_path: Path, monkeypatch) -> None:
+    """Six runs whose own overrides run to ~150 characters: short legend labels (keys cut to
+    their last part, ≤ 40 characters), the legend beside the axes, the axes as wide as with no
+    legend at all (before: the full override strings inside the axes squeezed them into a
+    sliver, and matplotlib warned "Tight layout not applied")."""
+    import matplotlib.axes
+    import matplotlib.pyplot as plt
+
+    root = tmp_path / "multirun"
+    for i in range(6):
+        own = [f"{o}{i}" for o in LONG] if i % 2 else [f"optimizer.lr={i}e-4", *LONG]
+        fake_run(root / str(i), own, [0.5 + 0.05 * i, 0.6 + 0.05 * i], 0.6)
+    legends, saved = [], []
+    real_legend, real_close = matplotlib.axes.Axes.legend, plt.close
+
+    def spy_legend(ax, *args, **kwargs):
+        legends.append((ax, real_legend(ax, *args, **kwargs)))
+        return legends[-1][1]
+
+    def spy_close(fig):  # the axes' share of the saved figure's width, and the legend's place
+        fig.canvas.draw()
+        ax, legend = legends[-1]
+        box, axes = legend.get_window_extent(), ax.get_window_extent()
+        saved.append((box.x0 >= axes.x1, [t.get_text() for t in legend.get_texts()]))
+        real_close(fig)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", spy_legend)
+    monkeypatch.setattr(plt, "close", spy_close)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Tight layout not applied" would fail here
+        summarize(root)
+    assert len(saved) == 2
+    for outside, labels in saved:
+        assert outside  # the legend lies right of the axes, not over the curves
+        assert all(len(label) <= 40 for label in labels), labels
+        assert not any("data.train_transform" in label for label in labels)
+    assert saved[0][1] == saved[1][1]  # the loss plot: one entry per run too (train solid)
+    assert saved[1][1][0] == "lr=0e-4 experiment=smp_unet_mobilenet e…"
+    width = Image.open(root / "summary_val_dice.png").size[0]
+    assert 800 <= width <= 1300  # the figure grew to hold the legend; the axes kept theirs

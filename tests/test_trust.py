@@ -28,7 +28,7 @@ from segpets.checkpoints.trust import (
 )
 from segpets.command.build import build_module
 from segpets.errors import ConfigError
-from segpets.export import export_net
+from segpets.export import SUFFIXES, export_net
 from segpets.inference.model import _torchscript_extra
 from tests.conftest import CONFIG_DIR, TINY_SYNTHETIC, compose_train
 from tests.test_bad_inputs import RunsCode, assert_one_line_error, cli
@@ -123,7 +123,7 @@ def test_test_only_run_refuses_a_crafted_checkpoint(config, tmp_path, monkeypatc
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torch_export", "torchscript"])
 @pytest.mark.parametrize("kind", ["nested eval transform", "interpolated target"])
 def test_crafted_export_is_refused_by_predict(fmt, kind, config, tmp_path, monkeypatch, capfd):
     """An export carries its config in its metadata; predict checks it like a checkpoint's,
@@ -131,7 +131,7 @@ def test_crafted_export_is_refused_by_predict(fmt, kind, config, tmp_path, monke
     marker = tmp_path / "pwned"
     evil = crafted(config, kind, marker, tmp_path)
     net = build_module(compose_train([*TINY_SYNTHETIC, "model.width=4"], tmp_path)).net.eval()
-    export = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
+    export = tmp_path / f"model{SUFFIXES[fmt]}"
     export_net(net, evil, fmt, export)
     args = [f"ckpt_path={export}", f"input={image(tmp_path)}", f"output_dir={tmp_path / 'o'}"]
     code, err = cli(segpets.predict.main, args, tmp_path, monkeypatch, capfd)

@@ -84,8 +84,8 @@ ROWS: dict[tuple[str, str], str] = {
     ("predict", "threshold=1.5"): r"threshold must be a number > 0 and < 1, got 1\.5",
     ("predict", "batch_size=0"): r"batch_size must be an integer > 0, got 0",
     ("predict", "device=gpu"): r"device must be 'cpu' or 'cuda', got 'gpu'",
-    ("export", "opset=3"): r"opset must be an integer >= 11 and <= 20, got 3",
-    ("export", "opset=9"): r"opset must be an integer >= 11 and <= 20, got 9",
+    ("export", "opset=3"): r"opset must be an integer >= 18 and <= 23, got 3",
+    ("export", "opset=9"): r"opset must be an integer >= 18 and <= 23, got 9",
     ("export", "format=tflite"): r"format must be 'onnx' or 'torchscript', got 'tflite'",
     ("eval", "eval.boundary_tolerance=1.5"): (
         r"eval\.boundary_tolerance must be an integer >= 0, got 1\.5"

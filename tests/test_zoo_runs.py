@@ -18,7 +18,7 @@ pytest.importorskip("segmentation_models_pytorch", reason="model zoo: pip instal
 
 from segpets.checkpoints.load import load_checkpoint  # noqa: E402
 from segpets.eval import evaluate  # noqa: E402
-from segpets.export import export  # noqa: E402
+from segpets.export import SUFFIXES, export  # noqa: E402
 from segpets.inference.model import load_model  # noqa: E402
 from segpets.train import train  # noqa: E402
 from tests.conftest import compose_train, fit_steps  # noqa: E402
@@ -118,9 +118,9 @@ def zoo_ckpt(request, mini_root: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torch_export", "torchscript"])
 def test_zoo_export_parity(fmt: str, zoo_ckpt: Path, mini_root: Path, tmp_path: Path) -> None:
-    output = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
+    output = tmp_path / f"model{SUFFIXES[fmt]}"
     export(compose_cfg("export", [f"ckpt_path={zoo_ckpt}", f"format={fmt}", f"output={output}"]))
     assert_parity(zoo_ckpt, output, mini_root, odd_size=(97, 131))  # padded inside, cropped
 

@@ -29,6 +29,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from segpets.command.console import without_sigterm_notice
 from segpets.command.overrides import override_arg
 from segpets.command.signals import request_stop
 from segpets.errors import JobStopped
@@ -151,14 +152,16 @@ class Preemption(L.Callback):
             return
         self.signal = signal.Signals(signum)
         request_stop(signum)  # in a sweep: no new job starts
+        again = "Ctrl-C again" if signum == signal.SIGINT else f"send {self.signal.name} again"
         print(
-            f"segpets: {self.signal.name} received: finishing the current batch, then saving a "
-            f"checkpoint (send {self.signal.name} again to stop at once without saving)",
+            f"segpets: {stop_reason(self.signal, 'received')}: finishing the current batch, then "
+            f"saving a checkpoint ({again} to stop at once without saving)",
             file=sys.stderr,
             flush=True,
         )
         if callable(self._lightning_handler):
-            self._lightning_handler(signal.SIGTERM, frame)  # Lightning's flag: stop at batch end
+            with without_sigterm_notice():  # Lightning would say "Received SIGTERM" for it
+                self._lightning_handler(signal.SIGTERM, frame)  # its flag: stop at batch end
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exc: Any) -> None:
         if not isinstance(exc, SIGTERMException) or trainer.fast_dev_run:
@@ -168,14 +171,22 @@ class Preemption(L.Callback):
         trainer.save_checkpoint(path, weights_only=False)  # the full state, for resuming
         self.saved = path
         if trainer.is_global_zero:
-            name = self.signal.name if self.signal else "SIGTERM"
+            reason = stop_reason(self.signal or signal.SIGTERM, "stopped")
             print(
-                f"segpets: stopped by {name} at epoch {trainer.current_epoch}, global step "
+                f"segpets: {reason} at epoch {trainer.current_epoch}, global step "
                 f"{trainer.global_step}; checkpoint saved to '{path}'. Resume with:\n"
                 f"  {resume_command(path)}",
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def stop_reason(signum: signal.Signals, when: str) -> str:
+    """How a stop is announced (``when``: ``received`` or ``stopped``): ``interrupted
+    (Ctrl-C)`` for SIGINT; ``SIGTERM received`` / ``stopped by SIGTERM`` for others."""
+    if signum == signal.SIGINT:
+        return "interrupted (Ctrl-C)"
+    return f"{signum.name} received" if when == "received" else f"stopped by {signum.name}"
 
 
 def resume_command(ckpt: Path) -> str:

@@ -51,7 +51,3 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True) -> SegmentationMo
 
 def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
     return [instantiate_or_explain(c, f"callbacks.{k}") for k, c in (cfg or {}).items() if c]
-
-
-def build_loggers(cfg: DictConfig | None) -> list[Any]:
-    return [instantiate_or_explain(c, f"logger.{k}") for k, c in (cfg or {}).items() if c]

@@ -4,10 +4,11 @@
 * :func:`check_resolvable`: every value of the composed config resolves (no ``???`` left, no
   ``${oc.env:...}`` of an unset variable, no interpolation of a missing key);
 * :func:`check_values`: sizes and lr no library rejects clearly, ``data.image_size`` at
-  least what the model can take (its class's ``min_input_size``), every typed value against
-  the constructor it reaches (:mod:`segpets.command.typed`), callback and logger nodes that
-  build nothing, checkpoint/scheduler monitors the module never logs, and ``cuda`` asked for
-  where there is none;
+  least what the model can take (its class's ``min_input_size``), the loggers' packages and
+  MLflow store (:mod:`segpets.command.loggers`), ``tags`` (``extras.enforce_tags``), every
+  typed value against the constructor it reaches (:mod:`segpets.command.typed`), callback
+  and logger nodes that build nothing, checkpoint/scheduler monitors the module never logs,
+  and ``cuda`` asked for where there is none;
 * :func:`check_launch`: ``hydra.job.chdir=true`` is refused (paths are relative to the launch
   directory);
 * :func:`config_differences`: which keys of a checkpoint's stored config differ from this
@@ -27,6 +28,8 @@ from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from segpets.command.extras import check_tags
+from segpets.command.loggers import check_loggers
 from segpets.command.typed import (
     COMMAND_KEYS,
     Problem,
@@ -48,6 +51,7 @@ RESUME_IGNORED = (
     "paths",
     "callbacks",
     "logger",
+    "extras",  # what a run prints at start
     "trainer.max_epochs",
     "trainer.max_steps",
     "trainer.max_time",
@@ -81,6 +85,9 @@ BUILDER_GROUPS = {
     "logger": "lightning.pytorch.loggers.CSVLogger",
 }
 ALWAYS_LOGGED = ("epoch", "step", "lr-")  # Lightning's own, and LearningRateMonitor's lr-*
+# keys whose null means what the given value meant in older configs (Lightning's default for
+# limit_*_batches is all batches, which configs before issue 25 wrote as 1.0)
+_NULL_MEANS = {f"trainer.limit_{s}_batches": 1.0 for s in ("train", "val", "test")}
 
 
 def check_resolvable(cfg: DictConfig) -> None:
@@ -149,14 +156,17 @@ def _drop_hydra_only(failures: dict[str, Any], raw: dict[str, Any]) -> None:
 
 def check_values(cfg: DictConfig, command: str | None = None) -> None:
     """Sizes and lr that no library rejects clearly (lr=0 trains nothing; size 0 fails deep
-    inside albumentations), an image size the model can take, and every typed value
-    (:func:`check_typed`); ``command``: the config's name (``train``, ``eval``, ...), which
-    types the keys of its own (:data:`segpets.command.typed.COMMAND_KEYS`)."""
+    inside albumentations), an image size the model can take, loggers that can work (their
+    package installed, an MLflow store that can be written), the tags ``extras`` asks for, and
+    every typed value (:func:`check_typed`); ``command``: the config's name (``train``,
+    ``eval``, ...), which types the keys of its own (:data:`segpets.command.typed.COMMAND_KEYS`)."""
     for key in ("optimizer.lr", "data.image_size", "data.batch_size"):
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
     check_image_size(cfg)
+    check_loggers(cfg)
+    check_tags(cfg)
     check_typed(cfg, command)
 
 
@@ -331,12 +341,18 @@ def config_differences(
     compared element by element), keys matching ``ignored`` (a pattern or a prefix) left out.
     ``raw``: this run's unresolved values by key; a key that only follows another differing
     key (``${data.image_size}`` in a transform) is not listed on its own."""
-    theirs, ours = flatten(stored), flatten(current)
+    theirs, ours = _as_null(flatten(stored)), _as_null(flatten(current))
     keys = sorted(k for k in theirs.keys() | ours.keys() if not _ignored(k, ignored))
     differ = [k for k in keys if theirs.get(k, _ABSENT) != ours.get(k, _ABSENT)]
     raw = raw or {}
     shown = [k for k in differ if not any("{" + o in str(raw.get(k, "")) for o in differ)]
     return [f"{k}: {theirs.get(k, _ABSENT)!r} there, {ours.get(k, _ABSENT)!r} here" for k in shown]
+
+
+def _as_null(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` with the values :data:`_NULL_MEANS` names as null (``1.0`` → ``None``)."""
+    same = {k: None for k, v in _NULL_MEANS.items() if flat.get(k) == v and type(flat[k]) is float}
+    return {**flat, **same}
 
 
 def flatten(node: Any, key: str = "") -> dict[str, Any]:

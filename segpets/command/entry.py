@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -144,27 +145,41 @@ def check_group_choices(
     hydra: Hydra, config_name: str, argv: list[str], searchpath: list[str]
 ) -> None:
     """Reject ``group=option`` overrides naming no option of a config group in any folder of
-    the search path, as one line and exit 2 listing every option there (segpets' and yours).
-    Hydra would reject them too, but with exit 1 and a multi-line message; lists and sweep
-    syntax (``[a,b]``, ``choice(...)``) are left to Hydra."""
+    the search path, as one line and exit 2 listing every option there (segpets' and yours):
+    a single option, a sweep's (``a,b``) or a list's (``logger=[csv,mlflow]``). Hydra would
+    reject them too, but with exit 1 and a multi-line message; other sweep syntax
+    (``choice(...)``, ``${...}``, nested lists) is left to Hydra."""
     loader = hydra.config_loader
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
-        sweep_syntax = value.startswith("[") or any(c in value for c in "($")
-        if not sep or "." in key or sweep_syntax:
+        named = _named_options(value)
+        if not sep or "." in key or named is None:
             continue
         options = loader.get_group_options(key, ObjectType.CONFIG, config_name, searchpath)
         if not options and not loader.get_group_options(key, None, config_name, searchpath):
             continue  # not a config group
-        for option in value.split(","):
+        for option in named:
             if option not in options and option != "null":
+                listed = value.strip().startswith("[")  # name the list as typed
+                what = f"{key}={value}: '{option}'" if listed else f"{key}={option}"
                 _fail(
                     ConfigError(
-                        f"{key}={option}: no such option in config group '{key}' (segpets' "
-                        f"configs{_and_yours(hydra, searchpath)}); choices: {', '.join(options)}"
+                        f"{what}: no such option in config group '{key}' (segpets' configs"
+                        f"{_and_yours(hydra, searchpath)}); choices: {', '.join(options)}"
                     )
                 )
+
+
+def _named_options(value: str) -> list[str] | None:
+    """The option names a group override chooses: ``a``, ``a,b`` (a sweep), ``[a,b]`` (a
+    list of options); ``None`` for syntax only Hydra reads."""
+    listed = re.fullmatch(r"\[([^\[\]]*)\]", value.strip())
+    if listed:
+        value = listed.group(1)
+    elif any(c in value for c in "[]($"):
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _and_yours(hydra: Hydra, searchpath: list[str]) -> str:
@@ -194,7 +209,7 @@ def check_jobs(hydra: Hydra, config_name: str, overrides: list, multirun: bool =
         try:
             cfg = hydra.compose_config(config_name, job, RunMode.RUN)
         except (HydraException, OmegaConfBaseException) as err:
-            _fail(err, shown)
+            _fail(_unchosen_option(hydra, config_name, job, err) or err, shown)
         try:
             check_job(cfg)
         except ConfigError as err:
@@ -209,6 +224,36 @@ def check_jobs(hydra: Hydra, config_name: str, overrides: list, multirun: bool =
                 )
             )
     return multirun
+
+
+def _unchosen_option(
+    hydra: Hydra, config_name: str, job: list[str], err: Exception
+) -> ConfigError | None:
+    """``callbacks.early_stopping.patience=3`` when ``early_stopping`` is an option of the
+    group ``callbacks`` that this run did not choose: how to choose it (Hydra's own hint,
+    ``+callbacks.early_stopping.patience=3``, adds a node without its ``_target_``)."""
+    found = re.search(r"Could not override '([\w.]+)'", str(err))
+    parts = found.group(1).split(".") if found else []
+    if len(parts) < 3:
+        return None
+    group, option, key = parts[0], parts[1], found.group(1)
+    if option not in hydra.config_loader.get_group_options(group, ObjectType.CONFIG, config_name):
+        return None
+    given = [o.split("=", 1)[1] for o in job if o.lstrip("+~").split("=", 1)[0] == group]
+    if given:  # the command line's own choice (a list is not among Hydra's runtime choices)
+        current = given[-1]
+    else:
+        rest = [o for o in job if not o.lstrip("+~").startswith(f"{group}.{option}.")]
+        try:
+            chosen = hydra.compose_config(config_name, rest, RunMode.RUN).hydra.runtime.choices
+        except (HydraException, OmegaConfBaseException):
+            return None
+        current = str(chosen.get(group) or "default")
+    current = current.strip("[]").replace(" ", "")
+    return ConfigError(
+        f"{key}: '{option}' is not among this run's {group} ({current}); choose it too: "
+        f"'{group}=[{current},{option}]' {key}=..."
+    )
 
 
 def check_job(cfg: DictConfig) -> None:

@@ -6,12 +6,14 @@ already holds checkpoints, a bad checkpoint, a bad value) had already rewritten 
 folder's record. ``configs/hydra/default.yaml`` turns both off; :func:`task_run` writes them in
 :func:`accept_run`, which each entry point calls after every check that can refuse:
 
-* the log holds what the console showed: stdout and stderr are teed (progress-bar redraws,
-  writes that start with a carriage return, dropped) into memory from the task's start, into
-  ``<run dir>/<task_name>.log`` from acceptance on (Lightning's messages, the tested
-  checkpoint, the test Dice, warnings and errors included);
-* a run refused before acceptance writes neither, and the run folder Hydra created is removed
-  again if it is empty (files are never deleted);
+* the log holds what the console showed: stdout and stderr are teed into memory from the
+  task's start, into ``<run dir>/<task_name>.log`` from acceptance on (Lightning's messages,
+  the tested checkpoint, the test Dice, warnings and errors included) as plain text: progress
+  bar redraws (writes that start with a carriage return), colours, cursor moves and other
+  control characters dropped, trailing blanks trimmed;
+* with ``extras.print_config``, ``<run dir>/config_tree.log`` holds the printed config tree;
+* a run refused before acceptance writes none of these, and the run folder Hydra created is
+  removed again if it is empty (files are never deleted);
 * before anything else, the run claims its folder (:mod:`segpets.command.claim`): a folder in
   use by a live run, or one an earlier run used that this run does not continue, is refused.
 
@@ -39,6 +41,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from segpets.command.claim import RECORD_DIR, Claim, claim_folder
+from segpets.command.console import plain_text, quiet_libraries
+from segpets.command.extras import save_config_tree
 from segpets.command.outputs import atomic_write_text
 from segpets.command.signals import job_signals
 from segpets.errors import ConfigError, JobStopped, SegpetsError, user_errors
@@ -68,7 +72,13 @@ class ConsoleLog:
         text = _REDRAW.sub("", text)
         *complete, self._partial[stream] = (self._partial.get(stream, "") + text).split("\n")
         for line in complete:
-            self._write(line + "\n")
+            self._write_plain(line)
+
+    def _write_plain(self, line: str) -> None:
+        """``line`` as plain text; a line that held only control sequences is no line."""
+        plain = plain_text(line).rstrip()
+        if plain or not line.strip():
+            self._write(plain + "\n")
 
     def _write(self, line: str) -> None:
         if self._file is None:
@@ -93,7 +103,7 @@ class ConsoleLog:
     def close(self) -> None:
         for rest in self._partial.values():
             if rest:
-                self._write(rest + "\n")
+                self._write_plain(rest)
         self._partial = {}
         if self._file is not None:
             self._file.close()
@@ -196,6 +206,7 @@ class TaskRun:
         self.accepted = True
         if self.record:
             write_record(self.cfg, self.output_dir / RECORD_DIR)
+            save_config_tree(self.cfg, self.output_dir)  # with extras.print_config
 
     def owns_folder(self) -> bool:
         """Whether the folder is this run's to write into before acceptance decided it (a new
@@ -239,6 +250,7 @@ def task_run(cfg: DictConfig, record: bool = True, reuse: str = "never") -> Iter
     line (exit 2, or a ``JobRefused`` in a sweep), a refusal cleaned up, the log closed and the
     folder released at the end. ``record``: also write ``.hydra/`` (not for predict, whose
     folder holds only masks); ``reuse``: see :class:`TaskRun`."""
+    quiet_libraries()
     run = TaskRun(cfg, record, reuse)
     _CURRENT.append(run)
     try:

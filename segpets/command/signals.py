@@ -154,8 +154,8 @@ def _on_sigint(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
     request_stop(signum, overwrite=True)  # a job process may have noted the same Ctrl-C first
     print(
-        "segpets: SIGINT received: running jobs finish their batch, save a checkpoint and print "
-        "how to resume; no new job starts (send SIGINT again to stop at once)",
+        "segpets: interrupted (Ctrl-C): running jobs finish their batch, save a checkpoint and "
+        "print how to resume; no new job starts (Ctrl-C again stops at once)",
         file=sys.stderr,
         flush=True,
     )
@@ -164,4 +164,4 @@ def _on_sigint(signum: int, frame: Any) -> None:
 def _job_sigint(signum: int, frame: Any) -> None:
     """SIGINT in a sweep job outside training (set-up, test): end this job, start no other."""
     request_stop(signum)
-    raise JobStopped("segpets: sweep job stopped by SIGINT outside training (nothing to save)")
+    raise JobStopped("segpets: sweep job interrupted (Ctrl-C) outside training (nothing to save)")

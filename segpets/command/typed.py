@@ -35,10 +35,9 @@ from segpets.config_types import (
     describe,
 )
 
-# torch.onnx's TorchScript-based exporter (dynamo=False, what segpets.export uses) writes opsets
-# up to 20 (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET); segpets' nets pad decoder
-# features to their skips by sizes known only at run time, which ONNX's Pad takes from opset 11
-OPSETS = typing.Annotated[int, Ge(11), Le(20)]
+# torch.onnx's torch.export-based exporter (dynamo=True, what segpets.export uses) writes opsets
+# 18 (its lowest) to torch.onnx._constants.ONNX_MAX_OPSET (23 in torch 2.14)
+OPSETS = typing.Annotated[int, Ge(18), Le(23)]
 DATA_MODULES = (
     "segpets.data.PetDataModule",
     "segpets.data.SyntheticPetDataModule",

@@ -1,9 +1,16 @@
-"""A trained model ready for new images, from a checkpoint, an ONNX file or a TorchScript file,
-with the preprocessing stored in it (never re-typed by the user)."""
+"""A trained model ready for new images, from a checkpoint or an export (``torch.export``
+``.pt2``, ONNX, TorchScript), with the preprocessing stored in it (never re-typed by the user).
+
+Every export's embedded config is checked like a checkpoint's before anything in the file is
+loaded; a ``.pt2`` archive as a whole is checked first too (:mod:`segpets.inference.pt2`).
+TorchScript is deprecated by PyTorch (``torch.jit``): such files still load, with a warning.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 import zipfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -19,8 +26,11 @@ from segpets.command.build import instantiate_or_explain
 from segpets.data.transforms import normalize
 from segpets.errors import ConfigError
 from segpets.evaluation.logits import hflip_average
+from segpets.inference.pt2 import read_pt2
 
-CONFIG_KEY = "segpets_config"  # ONNX metadata key / TorchScript extra file holding the config
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "segpets_config"  # ONNX metadata key / .pt2 and TorchScript extra file: the config
 ONNX_INPUT, ONNX_OUTPUT = "image", "logits"
 
 
@@ -47,13 +57,16 @@ class Model:
 def load_model(
     path: str | Path, device: str = "cpu", vouched: Collection[str] = frozenset()
 ) -> Model:
-    """A :class:`Model` from ``.onnx`` (onnxruntime, CPU), ``.pt``/``.ts`` (TorchScript) or
-    any other file as a segpets checkpoint; its stored config is checked like a checkpoint's
-    (``vouched``: the targets the user vouches for beyond segpets' own)."""
+    """A :class:`Model` from ``.pt2`` (``torch.export``), ``.onnx`` (onnxruntime, CPU),
+    ``.pt``/``.ts`` (TorchScript, deprecated) or any other file as a segpets checkpoint; its
+    stored config is checked like a checkpoint's (``vouched``: the targets the user vouches
+    for beyond segpets' own)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"ckpt_path: no such file '{path}'")
-    if path.suffix == ".onnx":
+    if path.suffix == ".pt2":
+        config, forward = _exported_program(path, device, vouched)
+    elif path.suffix == ".onnx":
         config, forward = _onnx(path, vouched)
     elif path.suffix in (".pt", ".ts"):
         config, forward = _torchscript(path, device, vouched)
@@ -93,11 +106,29 @@ def _onnx(path: Path, vouched: Collection[str]):
     return config, forward
 
 
+def _exported_program(path: Path, device: str, vouched: Collection[str]):
+    """A ``torch.export`` archive: the archive and its config checked, then loaded."""
+    config = exported_config(read_pt2(path, f"{CONFIG_KEY}.json"), path, vouched)
+    try:
+        net = torch.export.load(str(path)).module().to(device)
+    except Exception as err:  # what torch raises for a damaged or foreign archive varies
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"ckpt_path: cannot load torch.export model '{path}': {first}") from None
+    return config, lambda x: net(x.to(device)).float().cpu()
+
+
 def _torchscript(path: Path, device: str, vouched: Collection[str]):
     # checked before the net is loaded
     config = exported_config(_torchscript_extra(path), path, vouched)
+    log.warning(
+        "'%s' is a TorchScript export: TorchScript is deprecated by PyTorch; "
+        "export format=torch_export (.pt2) instead",
+        path.name,
+    )
     try:
-        net = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # said above, in segpets' words
+            warnings.filterwarnings("ignore", r"`torch\.jit\.load` is", FutureWarning)
+            net = torch.jit.load(str(path), map_location=device)
     except Exception as err:  # RuntimeError for anything that is not a TorchScript archive
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ConfigError(f"ckpt_path: cannot load TorchScript model '{path}': {first}") from None

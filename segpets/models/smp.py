@@ -132,10 +132,13 @@ def freeze_unused(net: nn.Module) -> list[str]:
 
 def padded_size(size: Any, multiple: int, minimum: int) -> Any:
     """The smallest multiple of ``multiple`` that is >= ``size`` and >= ``minimum``. ``size``
-    may be an int or a traced size (a 0-d tensor under ``torch.jit.trace``): integer arithmetic
-    and ``abs`` only, so tracing records the computation instead of baking in a branch."""
+    may be an int, a symbolic size (``torch.export``, the ONNX exporter: ``torch.sym_max``
+    keeps H×W dynamic) or a traced size (a 0-d tensor under ``torch.jit.trace``: integer
+    arithmetic and ``abs`` only, so tracing records the computation instead of a branch)."""
     rounded = (size + multiple - 1) // multiple * multiple
-    return (rounded + minimum + abs(rounded - minimum)) // 2  # max(rounded, minimum)
+    if isinstance(rounded, torch.Tensor):
+        return (rounded + minimum + abs(rounded - minimum)) // 2  # max(rounded, minimum)
+    return torch.sym_max(rounded, minimum)
 
 
 class SmpNet(nn.Module):
