@@ -266,3 +266,58 @@ def test_the_checkpoint_config_records_the_wheels_statistics(tmp_path: Path, no_
     assert module.input_mean.tolist() == pytest.approx(TF_LITE_STATS[0])
     expected = lite_wheels.timm_state_dict(LITE0)
     assert all(torch.equal(t, expected[k]) for k, t in module.backbone.model.state_dict().items())
+
+
+# sitecustomize for a subprocess: every internet connection or name lookup is logged and refused
+NO_NETWORK = """
+import os, socket
+_connect, _log = socket.socket.connect, os.environ["NETWORK_LOG"]
+def _note(what):
+    with open(_log, "a") as f:
+        f.write(what + "\\n")
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _note(f"connect {address!r}")
+        raise OSError("network access is disabled")
+    return _connect(self, address)
+def getaddrinfo(host, *args, **kwargs):
+    _note(f"getaddrinfo {host!r}")
+    raise socket.gaierror("network access is disabled")
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+open(_log + ".armed", "w").close()  # proof that this ran in the subprocess
+"""
+
+
+@pytest.mark.slow
+def test_a_training_run_from_the_wheel_uses_no_network(tmp_path: Path) -> None:
+    """``python -m segpets.train`` from outside the repo with every connection refused and
+    HF_HUB_OFFLINE unset: it trains, tests, and records TF-Lite's statistics in its checkpoint;
+    nothing tried the network."""
+    import os
+    import subprocess
+    import sys
+
+    from segpets.checkpoints.load import load_checkpoint
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_NETWORK)
+    log = tmp_path / "network.log"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    env["NETWORK_LOG"] = str(log)
+    args = [*TINY, "model=smp", f"model.encoder_name={LITE0}", f"model.encoder_weights={WHEEL}"]
+    args += [TINY_DECODER, f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "segpets.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert Path(f"{log}.armed").exists() and not log.exists(), log.read_text()
+    config, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert (list(config.data.mean), list(config.data.std)) == TF_LITE_STATS
+    assert config.model.encoder_weights == WHEEL
