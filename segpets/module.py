@@ -12,8 +12,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from segpets.config_types import RGB, TTA, PositiveRGB
 from segpets.data.transforms import normalize
@@ -64,6 +66,12 @@ class SegmentationModule(L.LightningModule):
         test_tta: ``"hflip"``: whenever the module is tested or validated outside ``fit``
             (``trainer.test``/``validate``, ``segpets.eval``), each image's probabilities are
             averaged with its mirror's.
+        encoder_lr: the learning rate of the net's pretrained encoder (:attr:`backbone`), an
+            optimizer parameter group of its own; the rest (decoder, head) keeps the
+            optimizer's ``lr``. ``None``: one group, one ``lr``. A scheduler scales both.
+        freeze_encoder_bn: the encoder's BatchNorm layers stay in eval mode while training:
+            they normalise with, and keep, the running statistics of the pretrained weights
+            (their affine weights still learn, unless the encoder is frozen).
         config: the run's resolved config as plain data, saved in every checkpoint
             (``hyper_parameters["config"]``, with ``data.mean``/``std`` set to the statistics
             used) so eval/predict/export rebuild the exact net and preprocessing.
@@ -80,10 +88,26 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         test_tta: TTA = None,
+        encoder_lr: float | None = None,
+        freeze_encoder_bn: bool = False,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_tta(test_tta, "module.test_tta")
+        needs_encoder = {
+            "encoder_lr": encoder_lr is not None,
+            "freeze_encoder_bn": bool(freeze_encoder_bn),
+        }
+        for key, wanted in needs_encoder.items():
+            if wanted and not isinstance(getattr(net, "backbone", None), nn.Module):
+                raise ValueError(
+                    f"module.{key} needs a net with a pretrained encoder (net.backbone: model=smp, "
+                    f"res34_unet); {type(net).__name__} has none"
+                )
+        if encoder_lr is not None and not float(encoder_lr) >= 0:
+            raise ValueError(f"module.encoder_lr must be a number >= 0 (got {encoder_lr})")
+        self.encoder_lr = None if encoder_lr is None else float(encoder_lr)
+        self.freeze_encoder_bn = bool(freeze_encoder_bn)
         mean, std = input_stats(net, input_mean, input_std)
         # buffers, so they follow the module to its device; not in the state dict (the config
         # saved with every checkpoint holds them)
@@ -110,6 +134,31 @@ class SegmentationModule(L.LightningModule):
         loss and :func:`segpets.metrics.segmentation_metrics` of the validation split."""
         train = ["train/loss", "train/loss_step", "train/loss_epoch"]
         return [*train, "val/loss", *segmentation_metrics("val/").keys()]
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The net's pretrained encoder (``net.backbone``), what Lightning's
+        ``BackboneFinetuning`` freezes and unfreezes; ``AttributeError`` for a net without."""
+        backbone = getattr(self.net, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise AttributeError(f"{type(self.net).__name__} has no pretrained encoder (backbone)")
+        return backbone
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        """``nn.Module.train``; with ``freeze_encoder_bn`` the encoder's BatchNorm layers stay in
+        eval mode (they normalise with their running statistics and do not update them)."""
+        super().train(mode)
+        if mode and self.freeze_encoder_bn:
+            for layer in self.backbone.modules():
+                if isinstance(layer, _BatchNorm):
+                    layer.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        """Lightning trains the module in the mode it finds (and restores after validation the
+        modes it captured), so ``freeze_encoder_bn`` is applied here, at every epoch."""
+        if self.freeze_encoder_bn:
+            self.train()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) loader images → float (x − 255·mean) / (255·std), albumentations'
@@ -170,10 +219,33 @@ class SegmentationModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "test", self.test_metrics)
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: the rest of the net first, then, with
+        ``encoder_lr``, the encoder's with that ``lr``. With a Lightning finetuning callback
+        (``BackboneFinetuning``) frozen parameters are left out, as its contract asks (it adds
+        the encoder back when it unfreezes it); otherwise every parameter is in (a frozen one
+        gets no gradient, so no update), which keeps optimizer states of earlier runs loadable."""
+        finetuning = self._trainer is not None and any(
+            isinstance(c, BaseFinetuning) for c in self._trainer.callbacks
+        )
+        trainable = [p for p in self.parameters() if p.requires_grad or not finetuning]
+        if self.encoder_lr is None:
+            return [{"params": trainable}]
+        encoder = {id(p) for p in self.backbone.parameters()}
+        groups = [{"params": [p for p in trainable if id(p) not in encoder]}]
+        encoder_params = [p for p in trainable if id(p) in encoder]
+        if not encoder_params:
+            raise ValueError(
+                "module.encoder_lr is set but the encoder is frozen when the optimizer is built "
+                "(callbacks.backbone_finetuning sets its lr when it unfreezes it: "
+                "backbone_initial_lr or backbone_initial_ratio_lr)"
+            )
+        return [*groups, {"params": encoder_params, "lr": self.encoder_lr}]
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("this module was built without an optimizer (evaluation only)")
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.param_groups())
         if not self.scheduler_config or self.scheduler_config.get("scheduler") is None:
             return optimizer
         scheduler = {**self.scheduler_config}

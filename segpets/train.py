@@ -18,7 +18,12 @@ from segpets.callbacks.best_metric import BestMetric
 from segpets.callbacks.resume import exit_code_on_preemption
 from segpets.checkpoints.resume import CheckpointPaths, refuse_overwrite, resolve_ckpt_path
 from segpets.command.build import build_callbacks, build_module, instantiate_or_explain
-from segpets.command.checks import check_launch, check_resolvable, check_values
+from segpets.command.checks import (
+    check_finetuning,
+    check_launch,
+    check_resolvable,
+    check_values,
+)
 from segpets.command.console import quiet_libraries
 from segpets.command.distributed import check_eval_shards, without_cpu_sync_batchnorm
 from segpets.command.entry import entry_point
@@ -131,6 +136,7 @@ def _check_before_fit(cfg: DictConfig, module, datamodule, trainer: L.Trainer) -
     test), and existing checkpoints in the way. Returns that checkpoint."""
     training = bool(cfg.get("train"))
     if training:
+        check_finetuning(module, trainer.callbacks)
         try:
             module.configure_optimizers()  # a dry run: torch checks every optimizer argument
         except (ValueError, TypeError) as err:

@@ -11,6 +11,8 @@
   and ``cuda`` asked for where there is none;
 * :func:`check_launch`: ``hydra.job.chdir=true`` is refused (paths are relative to the launch
   directory);
+* :func:`check_finetuning`: a Lightning finetuning callback (``BackboneFinetuning``) needs a net
+  with a pretrained encoder, and owns the encoder's lr (``module.encoder_lr`` unset);
 * :func:`config_differences`: which keys of a checkpoint's stored config differ from this
   run's, ignoring those that say where or how a run executes (:data:`RESUME_IGNORED`).
 """
@@ -321,6 +323,29 @@ def check_image_size(cfg: DictConfig) -> None:
         raise ConfigError(
             f"data.image_size={size} is below the {smallest} px that model {target} takes "
             f"(model.min_input_size); set data.image_size >= {smallest}"
+        )
+
+
+def check_finetuning(module: Any, callbacks: list[Any]) -> None:
+    """``ConfigError`` when a Lightning finetuning callback (``callbacks=[default,
+    backbone_finetuning]``) meets a module it cannot work with: a net without a pretrained
+    encoder (``module.backbone``), or ``module.encoder_lr`` set (the callback sets the
+    encoder's lr when it unfreezes it)."""
+    from lightning.pytorch.callbacks import BaseFinetuning
+
+    names = [type(c).__name__ for c in callbacks if isinstance(c, BaseFinetuning)]
+    if not names:
+        return
+    if not hasattr(module, "backbone"):
+        raise ConfigError(
+            f"callbacks: {names[0]} freezes the net's pretrained encoder, and "
+            f"{type(module.net).__name__} has none (model=smp or res34_unet have one)"
+        )
+    if getattr(module, "encoder_lr", None) is not None:
+        raise ConfigError(
+            f"module.encoder_lr={module.encoder_lr}: {names[0]} sets the encoder's lr when it "
+            f"unfreezes it; set callbacks.backbone_finetuning.backbone_initial_lr (or "
+            f"backbone_initial_ratio_lr) instead, or module.encoder_lr=null"
         )
 
 

@@ -108,6 +108,12 @@ class ResNet34UNet(nn.Module):
         self.final_conv = DoubleConv(last // 2, last // 2, batch_norm=True)
         self.head = nn.Conv2d(last // 2, num_classes, kernel_size=1)
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The ResNet34 encoder: what ``module.encoder_lr``, ``module.freeze_encoder_bn`` and
+        Lightning's ``BackboneFinetuning`` act on."""
+        return self.encoder
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)  # [H/2, H/4, H/8, H/16, H/32]
         x_dec = features[-1]

@@ -192,6 +192,12 @@ class SmpNet(nn.Module):
         self.min_size = self.stride * MIN_DEEPEST_FEATURE.get(cls.__name__.lower(), 1)
         self.unused = freeze_unused(self)
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The encoder (smp's ``net.encoder``): what ``module.encoder_lr``,
+        ``module.freeze_encoder_bn`` and Lightning's ``BackboneFinetuning`` act on."""
+        return self.net.encoder
+
     def extra_repr(self) -> str:
         return f"stride={self.stride}, min_size={self.min_size}, unused={len(self.unused)}"
 

