@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-train: setup  ## a real training run on the generated pets set (CPU, about a minute)
+train: setup  ## a real training run on the generated pets set (CPU): the quickstart
 	$(BIN)/python -m segpets.train experiment=quickstart
 
 test: lint  ## ruff, then the whole test suite (CPU, several minutes)
