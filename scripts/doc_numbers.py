@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.003  # Dice-like values: doc vs measurement
+TIMEOUT_S = 4 * 3600  # per command: a busy shared machine can be 30x slower than a quiet one
 BLOCKS = {"quickstart": "README.md", "eval": "docs/evaluation.md", "sweep": "docs/training.md"}
 QUICKSTART = "python -m segpets.train experiment=quickstart"
 EVAL = "python -m segpets.eval ckpt_path=$CKPT eval.tta=hflip eval.full_res=true"
@@ -67,7 +68,7 @@ def _shell(command: str, work: Path) -> str:
         env=_env(work / "cache"),
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=TIMEOUT_S,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"'{command}' exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -234,10 +235,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the blocks in the docs")
     parser.add_argument("--only", nargs="+", choices=list(BLOCKS), default=list(BLOCKS))
+    parser.add_argument("--work", type=Path, help="run in this new folder and keep it")
     args = parser.parse_args()
     measured: dict[str, dict] = {}
+    if args.work and args.work.exists():
+        parser.error(f"--work: '{args.work}' exists; give a new folder")
     with tempfile.TemporaryDirectory(prefix="segpets-doc-numbers-") as tmp:
-        work = Path(tmp)
+        work = (args.work or Path(tmp)).resolve()
         if {"quickstart", "eval"} & set(args.only):
             measured["quickstart"] = measure_quickstart(work / "quickstart")
         if "eval" in args.only:
