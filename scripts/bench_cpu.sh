@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-measure docs/benchmarks.md on an idle CPU machine (~16 minutes on 2 cores):
+# Re-measure the CPU tables of docs/performance.md on an idle CPU machine (~16 minutes on 2 cores):
 #   1. segpets.bench for the cpu_fast model (UNet width 16 + BatchNorm, channels_last, 64 px,
 #      batch 8, as it trains)
 #   2. segpets.bench for the seed UNet (width 64) at 256 px, batch 2

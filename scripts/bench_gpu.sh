@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-measure the GPU tables of docs/benchmarks.md: segpets.bench for both models at 256 px,
+# Re-measure the GPU tables of docs/performance.md: segpets.bench for both models at 256 px,
 # batch 16, bf16-mixed training with channels_last, then the same with torch.compile.
 # Usage: scripts/bench_gpu.sh OUT_DIR DATA_ROOT   (run from the repo root on a CUDA machine;
 # PYTHON picks the interpreter, default python3). Each bench has its own time limit, so one

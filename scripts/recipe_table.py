@@ -1,4 +1,4 @@
-"""Reproduce the recipe table of docs/benchmarks.md: train every shipped experiment on a data
+"""Reproduce the recipe table of docs/performance.md: train every shipped experiment on a data
 root (oxford-pet-24 by default), one run at a time, and print a Markdown row per run.
 
     python scripts/recipe_table.py --device cpu [--data ../shared/data/oxford-pet-24]

@@ -46,7 +46,7 @@ class JobStopped(CompactHydraException):
 def user_errors(on_error: Callable[[], Any] | None = None) -> Iterator[None]:
     """Report ``SegpetsError`` as one line, ``segpets: error: ...``, then exit 2 (in a Hydra
     sweep: raise :class:`JobRefused` so the other jobs still run). ``on_error`` runs first
-    (``segpets.runlog`` cleans up a refused run there).
+    (``segpets.command.record`` cleans up a refused run there).
 
     ``HYDRA_FULL_ERROR=1`` re-raises so developers still get the traceback.
     """

@@ -134,7 +134,7 @@ def test_compiled_model_is_compiled_in_every_timed_copy(
 
 
 def test_lightning_overhead_script_reports_both_step_times() -> None:
-    """scripts/lightning_overhead.py (cited in docs/benchmarks.md) runs and measures a step
+    """scripts/lightning_overhead.py (cited in docs/performance.md) runs and measures a step
     through Trainer.fit as dearer than the bare loop on a model that does almost nothing."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "lightning_overhead.py"
     proc = subprocess.run(

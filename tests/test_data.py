@@ -82,7 +82,7 @@ def test_augmentation_keeps_image_and_mask_aligned(mini_root: Path, tmp_path: Pa
 def test_eval_shrinking_is_antialiased(tmp_path: Path) -> None:
     """Photos are shrunk ~4-8x to 64-128 px: cv2's plain linear resize samples only 2x2 source
     pixels per output pixel and aliases, which cost the cpu_fast recipe ~0.015 test Dice
-    (docs/benchmarks.md). Area resampling averages the whole footprint: at ~8x, per-pixel
+    (docs/history.md). Area resampling averages the whole footprint: at ~8x, per-pixel
     noise keeps ~1/8 of its std (plain linear keeps ~1/2)."""
     cfg = compose_train(["data.image_size=64"], tmp_path)
     resize = instantiate(cfg.data.eval_transform).transforms[0]

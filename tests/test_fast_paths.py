@@ -1,5 +1,5 @@
 """Fast paths change speed, not results: same weights give the same logits within a stated
-tolerance (the tolerances are documented in docs/benchmarks.md).
+tolerance (the tolerances are documented in docs/performance.md).
 
 - channels_last, fp32: rtol 1e-4, atol 1e-5 (only the summation order differs);
 - bf16 autocast: max |Δlogit| ≤ 5 % of max |logit| and ≥ 99 % of pixels keep their class
