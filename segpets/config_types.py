@@ -59,7 +59,8 @@ def describe(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return _union(args)
     if origin is Literal:
-        return " or ".join(_literal(a) for a in args)
+        names = [_literal(a) for a in args]
+        return " or ".join(names) if len(names) < 3 else f"one of {', '.join(names)}"
     if _is_a(origin, Mapping):
         return "a mapping"
     if _is_a(origin, Sequence):

@@ -54,7 +54,7 @@ ROWS: dict[tuple[str, str], str] = {
     ),
     ("train", "data.image_size=48.5"): r"data\.image_size" + MUST + r".*> 0 and <= 4096, got 48\.5",
     ("train", "data.image_size=5000"): r"data\.image_size" + MUST + r".*<= 4096, got 5000",
-    ("train", "data.border=foo"): r"data\.border must be 'pet' or 'background' or 'ignore'",
+    ("train", "data.border=foo"): r"data\.border must be one of 'pet', 'background', 'ignore'",
     ("train", "data.val_every=1"): r"data\.val_every must be an integer >= 2, got 1",
     ("train", "optimizer.lr=abc"): r"optimizer\.lr must be a number or a Tensor, got 'abc'",
     ("train", "scheduler.scheduler.mode=maximum"): r"scheduler\.scheduler\.mode" + MUST,
@@ -86,7 +86,7 @@ ROWS: dict[tuple[str, str], str] = {
     ("predict", "device=gpu"): r"device must be 'cpu' or 'cuda', got 'gpu'",
     ("export", "opset=3"): r"opset must be an integer >= 18 and <= 23, got 3",
     ("export", "opset=9"): r"opset must be an integer >= 18 and <= 23, got 9",
-    ("export", "format=tflite"): r"format must be 'onnx' or 'torchscript', got 'tflite'",
+    ("export", "format=tflite"): r"format must be one of 'onnx', 'torch_export', 'torchscript', got 'tflite'",
     ("eval", "eval.boundary_tolerance=1.5"): (
         r"eval\.boundary_tolerance must be an integer >= 0, got 1\.5"
     ),

@@ -81,7 +81,7 @@ COMMAND_KEYS: dict[str, dict[str, Any]] = {
     },
     "export": {
         "ckpt_path": str,
-        "format": Literal["onnx", "torchscript"],
+        "format": Literal["onnx", "torch_export", "torchscript"],
         "output": str | None,
         "overwrite": bool,
         "opset": OPSETS,
