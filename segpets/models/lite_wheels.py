@@ -12,7 +12,7 @@ its position), and checks that the result has exactly timm's keys with timm's sh
 
 They were trained with TensorFlow's "same" padding and BatchNorm epsilon 1e-3: timm's
 ``tf_efficientnet_liteN`` (``Conv2dSame``, eps 1e-3), not ``efficientnet_liteN`` (symmetric
-padding, eps 1e-5), which classifies ImageNet photos worse with them (docs/notes/pretrained.md,
+padding, eps 1e-5), which classifies ImageNet photos worse with them (docs/models.md,
 ``scripts/lite_wheel_check.py``). Inputs are normalised with the TF-Lite statistics, mean 127
 and std 128 of 0-255 pixels (tensorflow/tpu efficientnet_lite_builder.py ``MEAN_RGB``,
 ``STDDEV_RGB``: "inception-style [...] for better post-quantization").
