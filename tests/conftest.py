@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,44 @@ FULL_LISTS = Path(
 )
 # small real inputs segpets once got wrong (../shared/cases/README.md)
 CASES = Path(os.environ.get("SEGPETS_CASES", REPO.parent / "shared" / "cases"))
+
+
+def run_segpets(
+    command: str,
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    expect: int | None = 0,
+) -> subprocess.CompletedProcess:
+    """``python -m segpets.<command> *args`` in ``cwd`` as a user runs it (a subprocess, its
+    output captured as text); asserts its exit code is ``expect`` unless that is ``None``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"segpets.{command}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if expect is not None:
+        assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture
+def replaced_paths(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Every destination ``os.replace`` renames a file onto while the test runs (what an
+    atomic write leaves under its final name)."""
+    replaced: set[str] = set()
+    real_replace = os.replace
+
+    def recording(src, dst, *args, **kwargs):
+        replaced.add(str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", recording)
+    return replaced
 
 
 @pytest.fixture(autouse=True)

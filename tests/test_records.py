@@ -6,7 +6,6 @@ counts; summary files and bench reports are renamed into place whole."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,15 +107,8 @@ def test_a_test_on_a_subset_says_so_and_stores_the_counts(tmp_path: Path, capsys
     assert " test images  [checkpoint:" not in capsys.readouterr().out
 
 
-def test_summary_and_bench_reports_are_renamed_into_place(sweep, tmp_path, monkeypatch) -> None:
-    replaced: set[str] = set()
-    real_replace = os.replace
-
-    def recording(src, dst, *args, **kwargs):
-        replaced.add(str(dst))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", recording)
+def test_summary_and_bench_reports_are_renamed_into_place(sweep, tmp_path, replaced_paths):
+    replaced = replaced_paths
     summarize(sweep, out=tmp_path / "summary")
     bench = tmp_path / "bench"
     meta = {

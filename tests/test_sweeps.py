@@ -20,7 +20,7 @@ import segpets.train
 from segpets.command.overrides import override_arg
 from segpets.summarize import main as summarize_cli
 from segpets.summarize import read_curves
-from tests.conftest import REPO, TINY_SYNTHETIC
+from tests.conftest import REPO, TINY_SYNTHETIC, run_segpets
 from tests.test_bad_inputs import assert_one_line_error, cli
 
 # One intra-op thread per job: on a busy 2-core machine, torch's default threads fight over
@@ -30,16 +30,7 @@ TINY = TINY_SYNTHETIC
 
 
 def multirun(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "segpets.train", "-m", *TINY, *args],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+    return run_segpets("train", ["-m", *TINY, *args], cwd, env=ENV, timeout=timeout)
 
 
 def job_dirs(sweep: Path) -> list[Path]:

@@ -86,7 +86,9 @@ ROWS: dict[tuple[str, str], str] = {
     ("predict", "device=gpu"): r"device must be 'cpu' or 'cuda', got 'gpu'",
     ("export", "opset=3"): r"opset must be an integer >= 18 and <= 23, got 3",
     ("export", "opset=9"): r"opset must be an integer >= 18 and <= 23, got 9",
-    ("export", "format=tflite"): r"format must be one of 'onnx', 'torch_export', 'torchscript', got 'tflite'",
+    ("export", "format=tflite"): (
+        r"format must be one of 'onnx', 'torch_export', 'torchscript', got 'tflite'"
+    ),
     ("eval", "eval.boundary_tolerance=1.5"): (
         r"eval\.boundary_tolerance must be an integer >= 0, got 1\.5"
     ),
