@@ -187,7 +187,7 @@ def test_eval_takes_no_file_a_stored_data_config_names(tmp_path: Path, caplog) -
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         eval_cfg = compose("eval", overrides=[f"ckpt_path={tmp_path / 'x.ckpt'}"])
     with caplog.at_level(logging.WARNING):
-        data = segpets.eval._eval_data(eval_cfg, saved, tmp_path / "eval")
+        data = segpets.eval._eval_data(eval_cfg, saved)
     assert data.groups is None
     assert set(data.splits.values()) == {None}
     assert not str(data.cache_dir).startswith("/home/victim")
@@ -203,4 +203,4 @@ def test_eval_of_an_oxford_checkpoint_never_downloads_where_it_says(tmp_path: Pa
     saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         eval_cfg = compose("eval", overrides=[f"ckpt_path={tmp_path / 'x.ckpt'}"])
-    assert segpets.eval._eval_data(eval_cfg, saved, tmp_path / "eval").download is False
+    assert segpets.eval._eval_data(eval_cfg, saved).download is False
