@@ -165,8 +165,8 @@ def _continues_in_place(ckpt_path: Path | None) -> bool:
     """Whether this run resumes from a checkpoint in its own folder (continuing that run)."""
     if ckpt_path is None or not HydraConfig.initialized():
         return False
-    folder = Path(HydraConfig.get().runtime.output_dir).resolve()
-    return folder in Path(ckpt_path).resolve().parents
+    folder = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+    return folder is not None and Path(folder).resolve() in Path(ckpt_path).resolve().parents
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str:

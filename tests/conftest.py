@@ -74,6 +74,18 @@ def restore_root_logging():
     logging.root.setLevel(level)
 
 
+@pytest.fixture(autouse=True)
+def forget_hydra_run():
+    """An in-process Hydra run (``--cfg job`` above all) leaves its HydraConfig set; the next
+    test that calls ``train(cfg)`` directly must not see that run's folder."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    yield
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated data goes to a per-session folder (also for subprocesses), never ~/.cache."""

@@ -222,7 +222,7 @@ def test_an_export_giving_nan_is_removed(config, tmp_path, monkeypatch) -> None:
         def logits(self, x: torch.Tensor) -> torch.Tensor:
             return torch.full((len(x), 1, *x.shape[-2:]), float("nan"))
 
-    monkeypatch.setattr(segpets.export, "load_model", lambda path: NaNModel())
+    monkeypatch.setattr(segpets.export, "load_model", lambda path, **kwargs: NaNModel())
     ckpt = save_ckpt(tmp_path / "tiny.ckpt", config)
     output = tmp_path / "model.onnx"
     with initialize_config_module("segpets.configs", version_base="1.3"):

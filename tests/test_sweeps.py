@@ -124,11 +124,12 @@ def test_a_job_user_error_does_not_stop_the_sweep(tmp_path, monkeypatch, capfd) 
     """Job 0 fails at run time with a user error (its one line); Hydra still runs job 1, then
     reports the failed job (exit 1, no traceback). Job 0 leaves no folder behind."""
     sweep = tmp_path / "sweep"
-    args = ["-m", *TINY, "data.bad_samples=ignore,fail", f"hydra.sweep.dir={sweep}"]
+    missing = tmp_path / "gone.ckpt"  # found missing only when job 0 runs
+    args = ["-m", *TINY, f"ckpt_path={missing},null", f"hydra.sweep.dir={sweep}"]
     code, err = cli(segpets.train.main, args, tmp_path, monkeypatch, capfd)
     assert code == 1 and "Traceback" not in err, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("segpets: error:")]
-    assert errors == ["segpets: error: data.bad_samples must be 'fail' or 'skip', got 'ignore'"]
+    assert len(errors) == 1 and str(missing) in errors[0], err[-3000:]
     assert "segpets: sweep job 0 stopped with a user error" in err
     assert [j.name for j in job_dirs(sweep)] == ["1"]
     assert (sweep / "1" / "test_metrics.json").is_file()

@@ -39,4 +39,4 @@ def test_unknown_test_tta_is_one_line(tmp_path: Path, monkeypatch, capfd) -> Non
     code, err = cli(
         segpets.train.main, [*TINY_SYNTHETIC, "module.test_tta=vflip"], tmp_path, monkeypatch, capfd
     )
-    assert_one_line_error(code, err, r"module.test_tta must be null or 'hflip', got 'vflip'")
+    assert_one_line_error(code, err, r"module\.test_tta must be 'hflip' or null, got 'vflip'")

@@ -30,18 +30,20 @@ RANK_ZERO_LOGGERS = (
 SIGNAL_LOGGER = "lightning.pytorch.trainer.connectors.signal_connector"
 # CSI sequences (colours, cursor moves: ESC [ ... letter), other ESC sequences, and control
 # characters other than tab and newline
+_RANK = re.compile(r"^\[rank: \d+\] ")
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class _DropMessages(logging.Filter):
-    """Drops log records whose message starts with one of ``prefixes``."""
+    """Drops log records whose message starts with one of ``prefixes``, after the
+    ``[rank: N] `` Lightning puts first where a rank is known (``rank_prefixed_message``)."""
 
     def __init__(self, prefixes: tuple[str, ...]) -> None:
         super().__init__()
         self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
+        return not _RANK.sub("", str(record.msg), count=1).startswith(self.prefixes)
 
 
 def quiet_libraries() -> None:

@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segpets.command.outputs import atomic_write_text
 from segpets.errors import ConfigError
 
 CONFIG_TREE = "config_tree.log"
@@ -124,9 +125,7 @@ def save_config_tree(cfg: DictConfig, folder: Path) -> Path | None:
 
     buffer = io.StringIO()
     Console(file=buffer, width=120, color_system=None, force_terminal=False).print(config_tree(cfg))
-    path = folder / CONFIG_TREE
-    path.write_text(buffer.getvalue(), encoding="utf-8")
-    return path
+    return atomic_write_text(folder / CONFIG_TREE, buffer.getvalue())
 
 
 def run_summary(output_dir: Path | None, sizes: dict[str, int], device: str, precision: str) -> str:
