@@ -90,6 +90,11 @@ def test_quickstart_and_eval_numbers_are_as_stated(tmp_path: Path) -> None:
     re-measured with the documented commands."""
     run = doc_numbers.measure_quickstart(tmp_path)
     assert math.isfinite(run["dice"])
+    run_dir = Path(run["ckpt"]).parents[1]  # the run `make train` made, end to end
+    ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(n.startswith("epoch_") for n in ckpts)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "quickstart.log").is_file()
     assert doc_numbers.differences("quickstart", run, doc_numbers.stated("quickstart")) == []
     table = doc_numbers.measure_eval(tmp_path, run["ckpt"])
     # segpets.eval reproduces the Dice segpets.train printed for the same checkpoint

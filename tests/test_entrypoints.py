@@ -38,20 +38,6 @@ def only_run_dir(cwd: Path, task: str) -> Path:
 
 
 @pytest.mark.slow
-def test_quickstart_end_to_end(tmp_path: Path) -> None:
-    proc = run("segpets.train", ["experiment=quickstart", *QUIET], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = only_run_dir(tmp_path, "quickstart")
-    ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
-    assert "last.ckpt" in ckpts and any(n.startswith("epoch_") for n in ckpts)
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    report = json.loads((run_dir / "test_metrics.json").read_text())
-    dice = report["metrics"]["test/dice"]
-    assert f"test/dice (per-image mean Dice) = {dice:.4f}" in proc.stdout
-    assert dice > 0.8  # 0.92 measured; a broken pipeline scores ~0.5
-
-
-@pytest.mark.slow
 def test_real_data_train_then_eval_reproduces_test_dice(mini_root: Path, tmp_path: Path) -> None:
     proc = run("segpets.train", [f"data.root={mini_root}", *TINY_REAL, *QUIET], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

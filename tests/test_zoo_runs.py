@@ -118,7 +118,11 @@ def zoo_ckpt(request, mini_root: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["onnx", "torch_export", "torchscript"])
+@pytest.mark.parametrize(  # each format once, each architecture at least once (test_export
+    ("zoo_ckpt", "fmt"),  # covers every format on segpets' own nets)
+    [("Unet", "onnx"), ("FPN", "torch_export"), ("FPN", "torchscript")],
+    indirect=["zoo_ckpt"],
+)
 def test_zoo_export_parity(fmt: str, zoo_ckpt: Path, mini_root: Path, tmp_path: Path) -> None:
     output = tmp_path / f"model{SUFFIXES[fmt]}"
     export(compose_cfg("export", [f"ckpt_path={zoo_ckpt}", f"format={fmt}", f"output={output}"]))
@@ -126,6 +130,7 @@ def test_zoo_export_parity(fmt: str, zoo_ckpt: Path, mini_root: Path, tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("zoo_ckpt", ["FPN"], indirect=True)
 def test_zoo_predict_from_onnx_matches_checkpoint(zoo_ckpt: Path, mini_root: Path, tmp_path):
     assert_predict_from_onnx_matches(zoo_ckpt, mini_root, tmp_path)
 
