@@ -10,7 +10,7 @@ COMMANDS = {
     "train": "train a model, then test its best checkpoint (Hydra config: train)",
     "eval": "evaluate a checkpoint: metrics, per-image/breed tables, worst-image overlays",
     "predict": "masks for your own images from a checkpoint or an export",
-    "export": "export a checkpoint's net (ONNX, TorchScript) for deployment",
+    "export": "export a checkpoint's net (ONNX, torch.export .pt2, TorchScript) for deployment",
     "summarize": "tabulate and plot the runs of a sweep or a task folder",
     "bench": "measure training, inference and data-loading throughput",
 }
