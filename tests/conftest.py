@@ -65,6 +65,23 @@ def replaced_paths(monkeypatch: pytest.MonkeyPatch) -> set[str]:
 
 
 @pytest.fixture(autouse=True)
+def python_processes_only_in_slow_tests(request: pytest.FixtureRequest, monkeypatch) -> None:
+    """A test not marked ``slow`` that starts a Python interpreter fails: each one costs seconds
+    of imports, and ``make test-fast`` (``-m "not slow"``) must stay fast (CONTRIBUTING.md)."""
+    if request.node.get_closest_marker("slow"):
+        return
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        program = args if isinstance(args, (str, bytes, os.PathLike)) else next(iter(args), "")
+        if Path(os.fsdecode(program)).name.startswith("python"):
+            pytest.fail(f"{request.node.nodeid} starts a Python process; mark it slow")
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+@pytest.fixture(autouse=True)
 def restore_root_logging():
     """In-process Hydra runs attach handlers to the root logger that write to the (pytest-
     captured, later closed) stderr of that test; drop them so later tests log cleanly."""

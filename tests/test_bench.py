@@ -127,6 +127,7 @@ def test_compiled_model_is_compiled_in_every_timed_copy(
     assert len(compiled) == 1 + 1 + len(inference)
 
 
+@pytest.mark.slow
 def test_lightning_overhead_script_reports_both_step_times() -> None:
     """scripts/lightning_overhead.py (cited in docs/performance.md) runs and measures a step
     through Trainer.fit as dearer than the bare loop on a model that does almost nothing."""

@@ -54,6 +54,7 @@ def test_real_data_train_then_eval_reproduces_test_dice(mini_root: Path, tmp_pat
         assert evaluated["metrics"][key] == pytest.approx(value, abs=1e-4), key
 
 
+@pytest.mark.slow
 def test_missing_data_root_is_one_line_exit_2(tmp_path: Path) -> None:
     proc = run(
         "segpets.train", [f"data.root={tmp_path / 'nowhere'}", "trainer=cpu", *QUIET], tmp_path
@@ -65,6 +66,7 @@ def test_missing_data_root_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "data.root=" in errors[0]
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
     bogus = tmp_path / "model.ckpt"
     bogus.write_bytes(b"not a checkpoint")
@@ -104,6 +106,7 @@ print(len(calls))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("user_value", "requests"), [(None, 0), ("0", 1)])
 def test_albumentations_update_check_is_off_unless_the_user_set_it(
     user_value: str | None, requests: int

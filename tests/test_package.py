@@ -104,6 +104,7 @@ def test_installed_wheel_trains_from_another_folder(wheel: Path, tmp_path: Path)
         assert (work / name / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_python_m_segpets_lists_every_command_one_line_each() -> None:
     """Each command has one line, and the list is exactly the console scripts pyproject
     installs (``segpets-<command>``), each a module with a ``main``."""
@@ -124,6 +125,7 @@ def test_python_m_segpets_lists_every_command_one_line_each() -> None:
     assert run([sys.executable, "-m", "segpets", "--help"], REPO).stdout == proc.stdout
 
 
+@pytest.mark.slow
 def test_python_m_segpets_version() -> None:
     from segpets import __version__
 
@@ -167,6 +169,7 @@ print("built:", type(datamodule).__module__, type(datamodule).__name__)
 """
 
 
+@pytest.mark.slow
 def test_configs_compose_with_hydras_plain_api(tmp_path: Path) -> None:
     proc = run([sys.executable, "-c", PLAIN_COMPOSE], tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
