@@ -31,6 +31,7 @@ REDUCED_64 = ["trainer=cpu", "data.image_size=64", "data.batch_size=8", *CPU_SMA
 ROWS: dict[str, dict[str, tuple[str, list[str]]]] = {
     "cpu": {
         "cpu_fast": ("`cpu_fast` as shipped", ["experiment=cpu_fast"]),
+        "cpu_pretrained": ("`cpu_pretrained` as shipped", ["experiment=cpu_pretrained"]),
         "quickstart": (
             "`quickstart` on Oxford Pet instead of its generated set",
             ["experiment=quickstart", "data=oxford_pet", *CPU_SMALL],
@@ -61,7 +62,8 @@ ROWS: dict[str, dict[str, tuple[str, list[str]]]] = {
     "gpu": {
         name: (f"`{name}` with `trainer=gpu`", [f"experiment={name}", "trainer=gpu"])
         for name in ("seed_unet", "seed_res34", "imagenet_res34", "smp_unet_r34", "cpu_fast")
-    },
+    }
+    | {"gpu_pretrained": ("`gpu_pretrained` as shipped", ["experiment=gpu_pretrained"])},
 }
 
 

@@ -22,6 +22,10 @@ MINI_DATA = Path(
 FULL_LISTS = Path(
     os.environ.get("SEGPETS_FULL_LISTS", REPO.parent / "shared" / "data" / "oxford-pet-lists")
 )
+# Exports through torch.export (ONNX's dynamo exporter, .pt2) take seconds each: those
+# parameters of a test run with the slow tests only
+ONNX_SLOW = pytest.param("onnx", marks=pytest.mark.slow)
+TORCH_EXPORT_SLOW = pytest.param("torch_export", marks=pytest.mark.slow)
 # small real inputs segpets once got wrong (../shared/cases/README.md)
 CASES = Path(os.environ.get("SEGPETS_CASES", REPO.parent / "shared" / "cases"))
 

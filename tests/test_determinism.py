@@ -42,6 +42,7 @@ def tiny_run(mini_root: Path, out: Path, seed: int) -> tuple[dict[str, float], d
     return metrics, state["state_dict"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_other_seed_other_run(mini_root: Path, tmp_path: Path) -> None:
     metrics_a, weights_a = tiny_run(mini_root, tmp_path / "a", seed=3)
     metrics_b, weights_b = tiny_run(mini_root, tmp_path / "b", seed=3)

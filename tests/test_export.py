@@ -16,7 +16,7 @@ from segpets.errors import ConfigError
 from segpets.export import PARITY_ATOL, SUFFIXES, export
 from segpets.inference.model import load_model
 from segpets.predict import predict
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, ONNX_SLOW, TORCH_EXPORT_SLOW
 
 REAL = ["Abyssinian_5", "Abyssinian_100", "american_bulldog_100"]
 
@@ -63,7 +63,7 @@ def assert_parity(ckpt: Path, output: Path, mini_root: Path, odd_size: tuple[int
         assert 0 < (ref > 0).float().mean() < 1  # masks that can differ, not all one value
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torch_export", "torchscript"])
+@pytest.mark.parametrize("fmt", [ONNX_SLOW, TORCH_EXPORT_SLOW, "torchscript"])
 def test_export_parity_random_and_real(fmt: str, tiny_ckpt: Path, mini_root: Path, tmp_path):
     output = tmp_path / f"model{SUFFIXES[fmt]}"
     args = [f"ckpt_path={tiny_ckpt}", f"format={fmt}", f"output={output}"]
@@ -101,6 +101,7 @@ def test_predict_from_export_matches_checkpoint(fmt, tiny_ckpt: Path, mini_root:
     assert_predict_from_onnx_matches(tiny_ckpt, mini_root, tmp_path, fmt)
 
 
+@pytest.mark.slow
 def test_onnx_comes_from_the_torch_export_based_exporter(tiny_ckpt: Path, tmp_path) -> None:
     """PyTorch's recommended ONNX exporter (dynamo=True): its nodes carry the FX node they
     came from; opset 18; the weights inside the one file (no external .data file)."""

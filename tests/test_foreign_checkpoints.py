@@ -211,6 +211,7 @@ def test_export_refuses_a_net_with_nan_weights(fmt, config, tmp_path, monkeypatc
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_an_export_giving_nan_is_removed(config, tmp_path, monkeypatch) -> None:  # noqa: F811
     """The net is finite but its export gives NaN (an exporter bug): the parity check fails in
     one line and the file it wrote is gone."""

@@ -130,6 +130,7 @@ def test_test_only_run_refuses_what_it_cannot_test(case, finished, tmp_path, mon
     assert not (tmp_path / "outputs").exists()  # refused: no run folder left behind
 
 
+@pytest.mark.slow
 def test_resume_of_a_moved_finished_run(finished, tmp_path, monkeypatch, capfd) -> None:
     """Resuming a finished run from a moved folder: nothing to train (said plainly), and the
     best checkpoint is found beside the resumed one, copied in, and tested."""
@@ -155,6 +156,7 @@ def test_resume_of_a_moved_finished_run(finished, tmp_path, monkeypatch, capfd) 
     assert report_of(run)["ckpt_path"] is None  # no best left to test: the weights resumed
 
 
+@pytest.mark.slow
 def test_resume_true_only_resumes_a_matching_config(tmp_path, monkeypatch, capfd) -> None:
     """resume=true picks the newest last.ckpt of this task *with this run's config*; with
     none matching it refuses, naming the keys that differ."""
@@ -176,6 +178,7 @@ def test_resume_true_only_resumes_a_matching_config(tmp_path, monkeypatch, capfd
     assert f"continuing from '{runs[0] / 'checkpoints' / 'last.ckpt'}'" in cli.stdout + err
 
 
+@pytest.mark.slow
 def test_refused_run_leaves_an_existing_folder_byte_identical(tmp_path, monkeypatch, capfd):
     """A run refused because its folder holds checkpoints (or for its checkpoint) touches
     nothing there: .hydra/ and the log stay byte-identical; no other folder appears."""
@@ -227,6 +230,7 @@ def test_printed_resume_command_works_for_any_path(tmp_path: Path) -> None:
     assert compose_train(words[3:], tmp_path).ckpt_path == str(path)
 
 
+@pytest.mark.slow
 def test_the_refusal_names_a_resume_override_that_works(tmp_path, monkeypatch, capfd) -> None:
     """A run folder whose path has '=', ',', spaces, brackets, quotes: the refusal's
     ckpt_path=... works as printed, and resumes that run."""

@@ -98,6 +98,7 @@ def test_mlflow_store_is_sqlite_under_the_log_dir(tmp_path: Path) -> None:
     assert compose_train(["logger=wandb"], tmp_path).logger.wandb.offline is True
 
 
+@pytest.mark.slow
 def test_mlflow_run_read_back_with_mlflows_client(run: dict) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -80,6 +80,7 @@ def test_res34_imagenet_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
         ResNet34UNet(encoder_weights="imagenet")
 
 
+@pytest.mark.slow
 def test_tiny_unet_overfits_one_real_batch(mini_root: Path, tmp_path: Path) -> None:
     """The whole training signal path works: loss falls and Dice passes 0.9 on one batch."""
     cfg = compose_train(

@@ -36,7 +36,7 @@ import segpets.predict
 import segpets.train
 from segpets.export import export
 from segpets.predict import predict
-from tests.conftest import CONFIG_MODULE, REPO, TINY_SYNTHETIC
+from tests.conftest import CONFIG_MODULE, ONNX_SLOW, REPO, TINY_SYNTHETIC
 from tests.test_bad_inputs import assert_one_line_error, cli, snapshot
 
 QUIET = ["logger=csv", "callbacks.val_images=null", "test=false", "trainer.max_epochs=1"]
@@ -166,6 +166,7 @@ class _NoCapture:
         return type("Captured", (), {"out": "", "err": ""})()
 
 
+@pytest.mark.slow
 def test_eval_and_predict_never_write_into_a_training_runs_folder(
     trained_run, pictures, tmp_path, monkeypatch, capfd
 ):
@@ -306,7 +307,7 @@ def test_predict_killed_by_a_signal_then_rerun_completes(sig, tiny_ckpt, picture
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]  # leftovers removed
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", [ONNX_SLOW, "torchscript"])
 def test_export_overwrite_killed_mid_write_keeps_the_old_model(
     fmt, tiny_ckpt, tmp_path, monkeypatch
 ):
@@ -353,6 +354,7 @@ def written_whole(run: Path, replaced: set[str]) -> list[Path]:
     ]
 
 
+@pytest.mark.slow
 def test_every_file_train_and_eval_write_is_renamed_into_place(
     tiny_ckpt, tmp_path, monkeypatch, capfd, replaced_paths
 ):

@@ -120,6 +120,7 @@ def test_optuna_search_of_three_trials(tmp_path: Path) -> None:
 
 
 # --- a sweep meets a user error or a Ctrl-C ------------------------------------------------
+@pytest.mark.slow
 def test_a_job_user_error_does_not_stop_the_sweep(tmp_path, monkeypatch, capfd) -> None:
     """Job 0 fails at run time with a user error (its one line); Hydra still runs job 1, then
     reports the failed job (exit 1, no traceback). Job 0 leaves no folder behind."""

@@ -30,7 +30,7 @@ from segpets.command.build import build_module
 from segpets.errors import ConfigError
 from segpets.export import SUFFIXES, export_net
 from segpets.inference.model import _torchscript_extra
-from tests.conftest import CONFIG_DIR, TINY_SYNTHETIC, compose_train
+from tests.conftest import CONFIG_DIR, ONNX_SLOW, TINY_SYNTHETIC, compose_train
 from tests.test_bad_inputs import RunsCode, assert_one_line_error, cli
 
 UNTRUSTED = r"untrusted (target|interpolation) '"
@@ -123,7 +123,7 @@ def test_test_only_run_refuses_a_crafted_checkpoint(config, tmp_path, monkeypatc
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torch_export", "torchscript"])
+@pytest.mark.parametrize("fmt", [ONNX_SLOW, "torch_export", "torchscript"])
 @pytest.mark.parametrize("kind", ["nested eval transform", "interpolated target"])
 def test_crafted_export_is_refused_by_predict(fmt, kind, config, tmp_path, monkeypatch, capfd):
     """An export carries its config in its metadata; predict checks it like a checkpoint's,
