@@ -26,8 +26,8 @@ train: setup  ## a real training run on the generated pets set (CPU): the quicks
 test: lint  ## ruff, then the whole test suite (CPU, several minutes)
 	$(BIN)/python -m pytest
 
-test-fast: setup  ## the tests not marked slow (no end-to-end subprocess runs)
-	$(BIN)/python -m pytest -m "not slow" -q
+test-fast: setup  ## the tests not marked slow, one pytest-xdist worker per core (~4 min on 2)
+	$(BIN)/python -m pytest -m "not slow" -q -n auto
 
 lint: setup  ## ruff lint + format check of everything: package, tests, scripts, notebooks
 	$(BIN)/ruff check .

@@ -108,6 +108,17 @@ def forget_hydra_run():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_thread_per_xdist_worker() -> None:
+    """Under pytest-xdist (``make test-fast``: one worker per core) each worker computes on one
+    thread: tiny tensors gain nothing from more, and two workers of two threads on two cores
+    slow each other down."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated data goes to a per-session folder (also for subprocesses), never ~/.cache."""
     cache = tmp_path_factory.mktemp("segpets-cache")

@@ -12,7 +12,6 @@ into its jobs, and every job is checked before any starts.
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import re
@@ -263,21 +262,25 @@ def check_job(cfg: DictConfig) -> None:
     by its config name (``hydra.job.config_name``). Raises ``ConfigError``."""
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(Path.cwd() / "<run folder>")
-    task = copy.deepcopy(cfg)
-    with open_dict(task):
-        del task["hydra"]
+    # copies of the task's keys and of the hydra node (each copied once: ``cfg`` stays as it
+    # is), joined as Hydra's HydraConfig.set_config joins them, so ${hydra:...} resolves in the
+    # task and the hydra node's interpolations reach the task's keys
+    task = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    OmegaConf.set_struct(task, OmegaConf.is_struct(cfg))
+    hydra_node = OmegaConf.masked_copy(cfg, "hydra")
+    with open_dict(hydra_node):
+        hydra_node.hydra.runtime.output_dir = str(Path.cwd() / "<run folder>")
+    hydra_node.hydra._set_parent(task)
+    OmegaConf.set_readonly(hydra_node.hydra, True)
     try:
-        hydra_config.set_config(cfg)
-        if cfg.hydra.job.chdir:
+        hydra_config.cfg = hydra_node
+        if hydra_node.hydra.job.chdir:
             check_launch()
         check_resolvable(task)
-        check_values(task, OmegaConf.select(cfg, "hydra.job.config_name", default=None))
+        check_values(task, OmegaConf.select(hydra_node, "hydra.job.config_name", default=None))
         listed_targets(task)  # each trusted_targets entry imports, before any work
         for key in ("hydra.run.dir", "hydra.sweep.dir"):  # resolved by Hydra before the task
-            OmegaConf.select(cfg, key, throw_on_missing=False)
+            OmegaConf.select(hydra_node, key, throw_on_missing=False)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{getattr(err, 'full_key', None)}: {str(err).splitlines()[0]}") from None
     finally:
