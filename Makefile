@@ -26,7 +26,7 @@ train: setup  ## a real training run on the generated pets set (CPU): the quicks
 test: lint  ## ruff, then the whole test suite (CPU, several minutes)
 	$(BIN)/python -m pytest
 
-test-fast: setup  ## the tests not marked slow, one pytest-xdist worker per core (~4 min on 2)
+test-fast: setup  ## the tests not marked slow, one pytest-xdist worker per core (under 3 min on 2)
 	$(BIN)/python -m pytest -m "not slow" -q -n auto
 
 lint: setup  ## ruff lint + format check of everything: package, tests, scripts, notebooks

@@ -1,11 +1,16 @@
-"""Shared fixtures: the real mini dataset, composed configs, an isolated cache folder."""
+"""Shared fixtures and helpers: the real mini dataset, composed configs, a command run in
+process (``cli``) or as a subprocess (``run_segpets``), an isolated cache folder."""
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,6 +58,35 @@ def run_segpets(
     return proc
 
 
+def cli(main: Callable, args: list[str], cwd: Path, monkeypatch, capfd) -> tuple[int, str]:
+    """Run a Hydra entry point as ``python -m`` would; (exit code, stderr). Log lines (stdout)
+    are kept in ``cli.stdout``."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [main.__module__, *args])
+    # Hydra finds configs relative to the entry point's file only when it runs as __main__
+    monkeypatch.setattr(inspect.unwrap(main), "__module__", "__main__")
+    capfd.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capfd.readouterr()
+    cli.stdout = captured.out
+    return code, captured.err
+
+
+def assert_one_line_error(code: int, err: str, pattern: str) -> str:
+    """The error contract: exit code 2, no traceback, one ``segpets: error:`` line in ``err``
+    and it matches ``pattern`` (a regular expression); returns that line."""
+    lines = [line for line in err.splitlines() if line.startswith("segpets: error:")]
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    assert re.search(pattern, lines[0]), f"{pattern!r} not in {lines[0]!r}"
+    return lines[0]
+
+
 @pytest.fixture
 def replaced_paths(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Every destination ``os.replace`` renames a file onto while the test runs (what an
@@ -83,6 +117,26 @@ def python_processes_only_in_slow_tests(request: pytest.FixtureRequest, monkeypa
         real_init(self, args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+FAST_TEST_LIMIT_S = 2.0  # a test not marked slow takes less, its fixtures aside (CONTRIBUTING)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """After the run, the tests not marked ``slow`` whose own time (the call, fixtures aside)
+    reached ``FAST_TEST_LIMIT_S``: candidates for the mark, so ``make test-fast`` stays ~3 min."""
+    over = sorted(
+        (report.duration, report.nodeid)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        and report.duration >= FAST_TEST_LIMIT_S
+        and "slow" not in report.keywords
+    )
+    if over:
+        terminalreporter.write_sep("-", f"not marked slow, yet over {FAST_TEST_LIMIT_S:.0f} s")
+        for duration, nodeid in reversed(over):
+            terminalreporter.write_line(f"{duration:5.1f} s  {nodeid}")
 
 
 @pytest.fixture(autouse=True)
@@ -151,10 +205,29 @@ TINY_SYNTHETIC = [
 ]
 
 
+_COMPOSED: dict[tuple, DictConfig] = {}
+
+
+def compose_config(
+    name: str, overrides: list[str], return_hydra_config: bool = False
+) -> DictConfig:
+    """The real config ``name`` (train, eval, predict, export, bench) composed by Hydra with
+    ``overrides``, as the command line would (with its ``hydra`` node if asked), from the
+    configs inside the package. A copy: a test may change it. The same command line in the same
+    folder composes once per test session (~0.25 s each on 2 cores): segpets' config files do
+    not change while the tests run, and interpolations (``${oc.env:...}``, paths) stay
+    unresolved in the copy."""
+    key = (name, tuple(overrides), return_hydra_config, os.getcwd())
+    if key not in _COMPOSED:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            cfg = compose(name, overrides=overrides, return_hydra_config=return_hydra_config)
+        _COMPOSED[key] = cfg
+    return copy.deepcopy(_COMPOSED[key])
+
+
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     """The real train config, composed as the CLI would, writing under ``output_dir``."""
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg

@@ -132,6 +132,7 @@ def write_dataset(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [False, True])
 @pytest.mark.parametrize("size", [64, 256])
 def test_datamodule_samples_keep_masks_on_images(size: int, cache: bool, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ import segpets.train
 from segpets.data.files import read_split
 from segpets.data.oxford_pet import image_path, load_pair, scan_sample, trimap_path
 from segpets.errors import DataError
+from tests.conftest import assert_one_line_error, cli
 
 BASE = [
     "trainer=cpu",
@@ -73,33 +74,6 @@ def first(root: Path) -> str:
 
 def snapshot(folder: Path) -> dict[Path, str]:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
-
-
-def cli(main: Callable, args: list[str], cwd: Path, monkeypatch, capfd) -> tuple[int, str]:
-    """Run a Hydra entry point as ``python -m`` would; (exit code, stderr). Log lines (stdout)
-    are kept in ``cli.stdout``."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [main.__module__, *args])
-    # Hydra finds configs relative to the entry point's file only when it runs as __main__
-    monkeypatch.setattr(inspect.unwrap(main), "__module__", "__main__")
-    capfd.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capfd.readouterr()
-    cli.stdout = captured.out
-    return code, captured.err
-
-
-def assert_one_line_error(code: int, err: str, pattern: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("segpets: error:")]
-    assert code == 2, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    assert len(lines) == 1, err[-3000:]
-    assert re.search(pattern, lines[0]), f"{pattern!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 # --- crafted bad files ------------------------------------------------------------------

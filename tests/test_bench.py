@@ -95,6 +95,7 @@ def test_timed_rates_excludes_warmup() -> None:
     assert min(rates) > 4 * 3 / 0.3  # the 0.3 s warm-up would have capped the rate at 40 img/s
 
 
+@pytest.mark.slow
 def test_compiled_model_is_compiled_in_every_timed_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,18 +103,16 @@ def test_compiled_model_is_compiled_in_every_timed_copy(
     plain loop's and each inference variant's copy must be compiled again, or they time eager
     code under a "compile" label (measured on a GPU before the fix: "compiled" = eager speed).
     ``Module.compile`` is replaced by a recorder, so nothing is really compiled here."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
     from segpets.bench import run_bench
-    from tests.conftest import CONFIG_DIR
+    from tests.conftest import compose_config
 
     compiled: list[int] = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(id(self)))
     monkeypatch.setenv("SEGPETS_CACHE_DIR", str(tmp_path / "cache"))
     overrides = [*TINY, "module.compile=true", "peak.dtypes=[fp32]", "data_bench.workers=[]"]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=overrides)
+    cfg = compose_config("bench", overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     rows, _ = run_bench(cfg)

@@ -131,9 +131,8 @@ def test_dataset_reads_a_16_bit_image_as_its_8_bit_copy(pets: Path) -> None:  # 
 def test_predict_segments_a_16_bit_copy_as_the_8_bit_one(tiny_ckpt: Path, mini_root, tmp_path):
     """The same photo as 8-bit grey, 16-bit grey, 8-bit RGB and 48-bit RGB PNGs: predict gives
     the 16-bit copies the masks of the 8-bit ones (not all one value)."""
-    from hydra import compose, initialize_config_module
-
     from segpets.predict import predict
+    from tests.conftest import compose_config
 
     rgb, grey = photo(mini_root)
     inputs = tmp_path / "inputs"
@@ -143,9 +142,8 @@ def test_predict_segments_a_16_bit_copy_as_the_8_bit_one(tiny_ckpt: Path, mini_r
     Image.fromarray(rgb).save(inputs / "rgb8.png")
     write("48-bit RGB PNG", rgb, grey, inputs / "rgb48.png")
     out = tmp_path / "masks"
-    with initialize_config_module("segpets.configs", version_base="1.3"):
-        args = [f"ckpt_path={tiny_ckpt}", f"input={inputs}", f"output_dir={out}"]
-        cfg = compose("predict", overrides=[*args, "progress_bar=false"])
+    args = [f"ckpt_path={tiny_ckpt}", f"input={inputs}", f"output_dir={out}"]
+    cfg = compose_config("predict", [*args, "progress_bar=false"])
     assert predict(cfg) == []
 
     def mask(name: str) -> np.ndarray:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import segpets.eval
@@ -21,7 +20,7 @@ from segpets.checkpoints.resume import resolve_ckpt_path
 from segpets.command.build import instantiate_or_explain
 from segpets.errors import DataError
 from segpets.train import train
-from tests.conftest import CONFIG_MODULE, TINY_SYNTHETIC, compose_train
+from tests.conftest import TINY_SYNTHETIC, compose_config, compose_train
 
 RUN = [
     *TINY_SYNTHETIC,
@@ -87,6 +86,7 @@ def plant(genuine: Path, folder: Path, outside: Path) -> dict[str, Path]:
     return {**files, "best": ckpts / best.name, "last": ckpts / "last.ckpt"}
 
 
+@pytest.mark.slow
 def test_resume_uses_only_checkpoints_in_its_own_folder(genuine, tmp_path, monkeypatch, caplog):
     """Every bad entry is dropped with one warning naming each; the genuine best is carried
     over and the run tests a checkpoint of its own folder; nothing named is copied or read
@@ -118,6 +118,7 @@ def segpets_report(run: Path) -> dict:
     return json.loads((run / "test_metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_resume_in_place_never_deletes_a_file_a_checkpoint_names(genuine, tmp_path: Path):
     """Resuming in the checkpoint's own folder: Lightning deletes the k-th best when a better
     one comes; a crafted k-th best '<folder>/../../victim' must not be that file."""
@@ -138,6 +139,7 @@ def test_resume_in_place_never_deletes_a_file_a_checkpoint_names(genuine, tmp_pa
     assert victim.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_resume_true_ignores_a_run_folder_that_is_a_link(genuine, tmp_path: Path) -> None:
     """A link planted among the runs cannot point resume=true at a folder elsewhere."""
     runs = tmp_path / "outputs" / "train" / "runs"
@@ -184,8 +186,7 @@ def test_eval_takes_no_file_a_stored_data_config_names(tmp_path: Path, caplog) -
         splits={"train": "/etc/passwd", "val": None, "test": "/etc/hosts"},
     )
     saved = OmegaConf.create(stored)
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        eval_cfg = compose("eval", overrides=[f"ckpt_path={tmp_path / 'x.ckpt'}"])
+    eval_cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'x.ckpt'}"])
     with caplog.at_level(logging.WARNING):
         data = segpets.eval._eval_data(eval_cfg, saved)
     assert data.groups is None
@@ -201,6 +202,5 @@ def test_eval_of_an_oxford_checkpoint_never_downloads_where_it_says(tmp_path: Pa
         [f"data.root={tmp_path / 'oxford-iiit-pet'}", "data.download=true"], tmp_path
     )
     saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        eval_cfg = compose("eval", overrides=[f"ckpt_path={tmp_path / 'x.ckpt'}"])
+    eval_cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'x.ckpt'}"])
     assert segpets.eval._eval_data(eval_cfg, saved).download is False

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
@@ -21,8 +20,7 @@ import segpets.train
 from segpets.command.checks import flatten
 from segpets.command.entry import check_job
 from segpets.errors import ConfigError
-from tests.conftest import CONFIG_DIR
-from tests.test_bad_inputs import assert_one_line_error, cli
+from tests.conftest import CONFIG_DIR, assert_one_line_error, cli, compose_config
 
 ENTRIES = {  # config name -> (entry point, what makes its config complete)
     "train": (segpets.train.main, []),
@@ -34,8 +32,7 @@ UNSET = "${oc.env:SEGPETS_SURELY_UNSET}"
 
 
 def composed(name: str):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose(name, overrides=ENTRIES[name][1], return_hydra_config=True)
+    return compose_config(name, ENTRIES[name][1], return_hydra_config=True)
 
 
 def task_values(cfg) -> dict:
@@ -49,8 +46,11 @@ def task_keys(cfg) -> list[str]:
     return list(task_values(cfg))
 
 
+# train's ~140 keys take ~6 s each way: with the slow tests; eval, predict, export stay fast
 @pytest.mark.parametrize("value", ["???", UNSET], ids=["missing", "unset-env"])
-@pytest.mark.parametrize("name", list(ENTRIES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "train" else n for n in ENTRIES]
+)
 def test_every_key_that_cannot_resolve_is_named(name: str, value: str) -> None:
     """Each key of the config, in turn set to ``???`` or to an unset environment variable:
     the checks every CLI runs first (``segpets.cli.check_job``) name exactly that key."""
@@ -118,8 +118,7 @@ MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 def test_min_input_size_is_what_the_model_takes(option: str, tmp_path, monkeypatch, capfd) -> None:
     """Each model class's ``min_input_size`` (1 when absent) is honest: the net runs at that
     size and not one pixel below, and a smaller data.image_size is refused up front."""
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        model_cfg = compose("train", overrides=[f"model={option}"]).model
+    model_cfg = compose_config("train", [f"model={option}"]).model
     kwargs = {k: v for k, v in model_cfg.items() if k != "_target_"}
     if "width" in kwargs:
         kwargs["width"] = 4

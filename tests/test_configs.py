@@ -39,15 +39,15 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
-    overrides = [f"{group}={option}", f"paths.log_dir={tmp_path}"]  # an MLflow store: there
+    cfg = compose_train([f"{group}={option}"], tmp_path)
+    # then values set as the command line's overrides would set them (composing once)
+    cfg.paths.log_dir = str(tmp_path)  # an MLflow store: there
     if (group, option) == ("data", "folder"):  # its two folders are mandatory (???)
-        overrides += [f"data.images={tmp_path}", f"data.masks={tmp_path}"]
-    model = compose_train(overrides, tmp_path).model
-    if group != "model" and "width" in model:  # experiments may pick a model without a width
-        overrides.append("model.width=4")
-    if model.get("encoder_weights") == "imagenet":  # offline here; tests/test_experiments.py
-        overrides.append("model.encoder_weights=null")  # loads a local weights file instead
-    cfg = compose_train(overrides, tmp_path)
+        cfg.data.images = cfg.data.masks = str(tmp_path)
+    if group != "model" and "width" in cfg.model:  # experiments may pick a net without a width
+        cfg.model.width = 4
+    if cfg.model.get("encoder_weights") == "imagenet":  # offline here; tests/test_experiments.py
+        cfg.model.encoder_weights = None  # loads a local weights file instead
     check_values(cfg, "train")  # no typed check (segpets.command.typed) refuses a shipped option
     if group not in ("experiment", "debug"):  # those two are @package _global_
         assert group in cfg

@@ -16,8 +16,8 @@ import segpets.train
 from segpets.data.files import read_split
 from segpets.data.oxford_pet import image_path, load_mask, species_and_breeds, trimap_path
 from segpets.errors import DataError
-from tests.conftest import CASES, compose_train
-from tests.test_bad_inputs import BASE, assert_one_line_error, cli, pets, truncate  # noqa: F401
+from tests.conftest import CASES, assert_one_line_error, cli, compose_train
+from tests.test_bad_inputs import BASE, pets, truncate  # noqa: F401
 
 
 def case(*parts: str) -> Path:
@@ -87,6 +87,7 @@ def test_trimaps_without_pet_pixels_are_named_in_one_warning(pets, tmp_path, cap
     assert "2 trimap(s)" in warnings[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["skip", "fail"])
 def test_cache_follows_the_bad_sample_policy(policy, pets, tmp_path, monkeypatch, capfd):  # noqa: F811
     """A truncated JPEG passes the header pre-scan and breaks the cache build: with
@@ -119,6 +120,7 @@ def test_mini_set_copy_is_unchanged_by_the_rules(mini_root: Path, tmp_path: Path
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_eval_report_counts_empty_ground_truths(pets, tiny_ckpt, tmp_path, monkeypatch, capfd):  # noqa: F811
     """One of the two test trimaps has no pet pixel: the report says so and gives the
     per-image Dice of the other image beside the headline."""

@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 import segpets.train
 from segpets.checkpoints.load import load_checkpoint, module_from_checkpoint
 from segpets.metrics import PerImageDice
-from tests.test_bad_inputs import BASE, assert_one_line_error, cli, pets  # noqa: F401
+from tests.conftest import assert_one_line_error, cli
+from tests.test_bad_inputs import BASE, pets  # noqa: F401
 
 # 200 trainval lines, every 66th is validation: 3 images on 2 ranks, so one rank's shard is a
 # single image (a one-image batch: the shape that once hung the metric all-gather)

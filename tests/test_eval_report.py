@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch import nn
 
@@ -23,7 +22,7 @@ from segpets.evaluation.report import captioned_panel, group_rows, overlay_panel
 from segpets.metrics import PerImageBoundaryF1, boundary, boundary_f1
 from segpets.models import UNet
 from segpets.predict import overlay as predict_overlay
-from tests.conftest import CONFIG_DIR
+from tests.conftest import compose_config
 
 
 def square(top: int, left: int, size: int = 4, shape: int = 10) -> torch.Tensor:
@@ -129,11 +128,6 @@ def test_overlay_colours_errors() -> None:
     assert panel[0, 6].tolist() == [255] * 3 and panel[1, 6].tolist() == [0] * 3  # GT panel
 
 
-def compose_eval(overrides: list[str]):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("eval", overrides=overrides)
-
-
 def read_csv(path: Path) -> list[dict]:
     with path.open() as f:
         return list(csv.DictReader(f))
@@ -145,7 +139,8 @@ def test_eval_report_full_res_tta_and_repeatability(tiny_ckpt: Path, mini_root, 
 
     base = [f"ckpt_path={tiny_ckpt}", f"data.root={mini_root}", "split=val", "progress_bar=false"]
     first = tmp_path / "first"
-    evaluate(compose_eval([*base, "eval.tta=hflip", "eval.full_res=true", "eval.worst_k=3"]), first)
+    tta = ["eval.tta=hflip", "eval.full_res=true", "eval.worst_k=3"]
+    evaluate(compose_config("eval", [*base, *tta]), first)
     report = json.loads((first / "metrics.json").read_text())
     assert report["tta"] == "hflip" and report["full_res"] and report["images"] == 20
     for metrics in (report["metrics"], report["metrics_without_tta"]):
@@ -176,7 +171,7 @@ def test_eval_report_full_res_tta_and_repeatability(tiny_ckpt: Path, mini_root, 
 
     # the same checkpoint again, without TTA: identical to the first run's no-TTA pass
     second = tmp_path / "second"
-    metrics = evaluate(compose_eval([*base, "eval.worst_k=0"]), second)
+    metrics = evaluate(compose_config("eval", [*base, "eval.worst_k=0"]), second)
     assert metrics == {k: v for k, v in report["metrics_without_tta"].items() if k in metrics}
     assert "val/dice" in metrics and "val/full_res/dice" not in metrics
     assert not (second / "worst").exists()

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from segpets.data import load_rgb
@@ -16,14 +15,9 @@ from segpets.errors import ConfigError
 from segpets.export import PARITY_ATOL, SUFFIXES, export
 from segpets.inference.model import load_model
 from segpets.predict import predict
-from tests.conftest import CONFIG_DIR, ONNX_SLOW, TORCH_EXPORT_SLOW
+from tests.conftest import ONNX_SLOW, TORCH_EXPORT_SLOW, compose_config
 
 REAL = ["Abyssinian_5", "Abyssinian_100", "american_bulldog_100"]
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose(name, overrides=overrides)
 
 
 def real_batch(mini_root: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
@@ -67,11 +61,11 @@ def assert_parity(ckpt: Path, output: Path, mini_root: Path, odd_size: tuple[int
 def test_export_parity_random_and_real(fmt: str, tiny_ckpt: Path, mini_root: Path, tmp_path):
     output = tmp_path / f"model{SUFFIXES[fmt]}"
     args = [f"ckpt_path={tiny_ckpt}", f"format={fmt}", f"output={output}"]
-    assert export(compose_cfg("export", args)) == output
+    assert export(compose_config("export", args)) == output
     assert_parity(tiny_ckpt, output, mini_root, odd_size=(96, 80))
 
     with pytest.raises(ConfigError, match="already exists"):
-        export(compose_cfg("export", args))
+        export(compose_config("export", args))
 
 
 def assert_predict_from_onnx_matches(
@@ -81,14 +75,14 @@ def assert_predict_from_onnx_matches(
     (ONNX, or ``fmt``) as from ``ckpt`` itself, for real photos of other sizes than the
     training's."""
     onnx_file = tmp_path / f"model{SUFFIXES[fmt]}"
-    export(compose_cfg("export", [f"ckpt_path={ckpt}", f"output={onnx_file}", f"format={fmt}"]))
+    export(compose_config("export", [f"ckpt_path={ckpt}", f"output={onnx_file}", f"format={fmt}"]))
     images = tmp_path / "images"
     images.mkdir()
     for name in REAL:  # predict resizes them to the checkpoint's size, then back
         (images / f"{name}.jpg").write_bytes((mini_root / "images" / f"{name}.jpg").read_bytes())
     for model, out in ((ckpt, "from_ckpt"), (onnx_file, "from_onnx")):
         args = [f"ckpt_path={model}", f"input={images}", f"output_dir={tmp_path / out}"]
-        assert predict(compose_cfg("predict", [*args, "progress_bar=false"])) == []
+        assert predict(compose_config("predict", [*args, "progress_bar=false"])) == []
     for name in REAL:
         a = np.asarray(Image.open(tmp_path / "from_ckpt" / f"{name}_mask.png"))
         b = np.asarray(Image.open(tmp_path / "from_onnx" / f"{name}_mask.png"))
@@ -108,7 +102,7 @@ def test_onnx_comes_from_the_torch_export_based_exporter(tiny_ckpt: Path, tmp_pa
     import onnx
 
     output = tmp_path / "model.onnx"
-    export(compose_cfg("export", [f"ckpt_path={tiny_ckpt}", f"output={output}"]))
+    export(compose_config("export", [f"ckpt_path={tiny_ckpt}", f"output={output}"]))
     model = onnx.load(str(output))
     assert [p.version for p in model.opset_import if p.domain == ""] == [18]
     keys = {p.key for node in model.graph.node for p in node.metadata_props}
@@ -128,9 +122,8 @@ def test_torchscript_still_loads_with_segpets_deprecation_note(
     import warnings
 
     output = tmp_path / "model.pt"
-    export(
-        compose_cfg("export", [f"ckpt_path={tiny_ckpt}", f"output={output}", "format=torchscript"])
-    )
+    args = [f"ckpt_path={tiny_ckpt}", f"output={output}", "format=torchscript"]
+    export(compose_config("export", args))
     caplog.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -142,4 +135,4 @@ def test_torchscript_still_loads_with_segpets_deprecation_note(
 
 def test_export_rejects_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="format must be"):
-        export(compose_cfg("export", [f"ckpt_path={tmp_path}/x.ckpt", "format=tflite"]))
+        export(compose_config("export", [f"ckpt_path={tmp_path}/x.ckpt", "format=tflite"]))

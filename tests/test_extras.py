@@ -17,8 +17,7 @@ from segpets.command.checks import check_values
 from segpets.command.extras import extras, print_config_tree, save_config_tree
 from segpets.errors import ConfigError
 from segpets.train import train
-from tests.conftest import TINY_SYNTHETIC, compose_train
-from tests.test_bad_inputs import assert_one_line_error, cli
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli, compose_train
 
 
 def test_extras_defaults_as_lightning_hydra_template(tmp_path: Path) -> None:

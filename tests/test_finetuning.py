@@ -17,8 +17,7 @@ pytest.importorskip("segmentation_models_pytorch", reason="model zoo: pip instal
 
 import segpets.train  # noqa: E402
 from segpets.command.build import build_module, instantiate_or_explain  # noqa: E402
-from tests.conftest import TINY_SYNTHETIC, compose_train, fit_steps  # noqa: E402
-from tests.test_bad_inputs import assert_one_line_error, cli  # noqa: E402
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli, compose_train, fit_steps  # noqa: E402
 
 TINY = [o for o in TINY_SYNTHETIC if not o.startswith("model.")]
 # a BatchNorm timm encoder, from scratch (the controls do not care where weights come from)

@@ -17,8 +17,8 @@ from segpets.data.folder import FolderDataModule
 from segpets.data.oxford_pet import image_path, load_trimap, trimap_path
 from segpets.errors import ConfigError, DataError
 from segpets.labels import IGNORE_INDEX
-from tests.conftest import compose_train
-from tests.test_bad_inputs import BASE, assert_one_line_error, cli
+from tests.conftest import assert_one_line_error, cli, compose_train
+from tests.test_bad_inputs import BASE
 
 COUNT = 30  # mini-set samples copied into each folder dataset
 

@@ -18,8 +18,7 @@ import segpets.predict
 import segpets.train
 from segpets.checkpoints.states import check_training_state
 from segpets.errors import ConfigError
-from tests.conftest import TINY_SYNTHETIC, compose_train
-from tests.test_bad_inputs import assert_one_line_error, cli
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli, compose_config, compose_train
 from tests.test_trust import config, entry_args, save_ckpt  # noqa: F401  (config: a fixture)
 
 
@@ -146,6 +145,7 @@ def test_malformed_training_state_is_one_line(row: str) -> None:
     assert torch.equal(torch.get_rng_state(), rng_before)  # a tried RNG state is undone
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_malformed_state_before_fitting(tmp_path, monkeypatch, capfd) -> None:
     """A checkpoint of exactly this run's config whose RNG state is a string: ``train`` with
     ``ckpt_path=`` refuses it before fitting (Lightning would fail mid-restore)."""
@@ -215,8 +215,6 @@ def test_export_refuses_a_net_with_nan_weights(fmt, config, tmp_path, monkeypatc
 def test_an_export_giving_nan_is_removed(config, tmp_path, monkeypatch) -> None:  # noqa: F811
     """The net is finite but its export gives NaN (an exporter bug): the parity check fails in
     one line and the file it wrote is gone."""
-    from hydra import compose, initialize_config_module
-
     from segpets.export import export
 
     class NaNModel:
@@ -226,8 +224,7 @@ def test_an_export_giving_nan_is_removed(config, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(segpets.export, "load_model", lambda path, **kwargs: NaNModel())
     ckpt = save_ckpt(tmp_path / "tiny.ckpt", config)
     output = tmp_path / "model.onnx"
-    with initialize_config_module("segpets.configs", version_base="1.3"):
-        cfg = compose("export", overrides=[f"ckpt_path={ckpt}", f"output={output}"])
+    cfg = compose_config("export", [f"ckpt_path={ckpt}", f"output={output}"])
     with pytest.raises(ConfigError, match=r"^output: the export '.*model\.onnx' gives non-finite"):
         export(cfg)
     assert not output.exists()

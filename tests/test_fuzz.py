@@ -68,6 +68,7 @@ def _alarm(signum, frame):
     raise Hang(f"one example took over {TIMEOUT_S} s")
 
 
+@pytest.mark.slow
 def test_mutated_files_load_or_raise_data_error(mini_root: Path, tmp_path: Path) -> None:
     originals = {n: (image_path(mini_root, n), trimap_path(mini_root, n)) for n in SEEDS}
     if not all(p.is_file() for pair in originals.values() for p in pair):

@@ -18,8 +18,8 @@ import segpets.train
 from segpets.callbacks.resume import resume_command
 from segpets.command.overrides import override_arg
 from segpets.train import train
-from tests.conftest import TINY_SYNTHETIC, compose_train
-from tests.test_bad_inputs import assert_one_line_error, cli, snapshot
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli, compose_train
+from tests.test_bad_inputs import snapshot
 
 # lr 5e-2 peaks at epoch 0 (val/dice 0.456, val/loss 1.62), then gets worse: a resume after
 # epoch 1 that forgot the best would call epoch 2 or 3 "best" (0.38 at most).
@@ -65,6 +65,7 @@ def test_best_of_optimized_metric_in_its_own_direction(straight) -> None:
     assert segpets.train.optimized_value(cfg, metrics) == metrics["best/val/loss"]
 
 
+@pytest.mark.slow
 def test_resume_into_a_new_folder_keeps_the_best(straight, tmp_path: Path) -> None:
     """2 epochs, then resumed to 4 in a new run folder: the same best checkpoint tested (its
     copy in the new folder), the same test_metrics.json, the same best values returned."""
@@ -96,6 +97,7 @@ def finished(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_test_only_run_tests_the_given_checkpoint(finished, tmp_path, monkeypatch, capfd):
     """train=false ckpt_path=X tests X (not a fresh net) and says so."""
     best = Path(report_of(finished)["ckpt_path"])
@@ -121,6 +123,7 @@ REFUSED_TESTS = {  # case -> (extra overrides, pattern of the one error line)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(REFUSED_TESTS))
 def test_test_only_run_refuses_what_it_cannot_test(case, finished, tmp_path, monkeypatch, capfd):
     extra, pattern = REFUSED_TESTS[case]

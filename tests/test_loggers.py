@@ -22,8 +22,7 @@ from segpets.command.checks import check_values
 from segpets.command.loggers import build_loggers, sqlite_path
 from segpets.errors import ConfigError
 from segpets.train import train
-from tests.conftest import TINY_SYNTHETIC, compose_train
-from tests.test_bad_inputs import assert_one_line_error, cli
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli, compose_train
 
 TAGS = ["tiny", "loggers-test"]
 
@@ -129,6 +128,7 @@ def test_mlflow_run_read_back_with_mlflows_client(run: dict) -> None:
     assert tags["segpets.tested_checkpoint"] == tested and Path(tested).is_file()
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_read_back_from_its_files(run: dict) -> None:
     (folder,) = (run["out"] / "wandb").glob("offline-run-*")  # under the run, offline
     (log,) = folder.glob("run-*.wandb")
@@ -163,6 +163,7 @@ def test_wandb_offline_run_read_back_from_its_files(run: dict) -> None:
     assert summary["best/val/dice"] == pytest.approx(max(history))
 
 
+@pytest.mark.slow
 def test_tensorboard_and_csv_carry_the_tags_and_metrics(run: dict) -> None:
     acc = EventAccumulator(str(run["out"] / "tensorboard"), size_guidance={"tensors": 0})
     acc.Reload()
@@ -179,6 +180,7 @@ def test_tensorboard_and_csv_carry_the_tags_and_metrics(run: dict) -> None:
     assert hparams["tags"] == TAGS and hparams["config"]["tags"] == TAGS
 
 
+@pytest.mark.slow
 def test_loggers_agree_on_the_validation_dice(run: dict) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -27,7 +27,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from PIL import Image
 
 import segpets.eval
@@ -36,16 +35,21 @@ import segpets.predict
 import segpets.train
 from segpets.export import export
 from segpets.predict import predict
-from tests.conftest import CONFIG_MODULE, ONNX_SLOW, REPO, TINY_SYNTHETIC
-from tests.test_bad_inputs import assert_one_line_error, cli, snapshot
+from tests.conftest import (
+    REPO,
+    TINY_SYNTHETIC,
+    assert_one_line_error,
+    cli,
+    compose_config,
+)
+from tests.test_bad_inputs import snapshot
 
 QUIET = ["logger=csv", "callbacks.val_images=null", "test=false", "trainer.max_epochs=1"]
 KINDS = ("mask", "overlay", "prob")
 
 
 def compose_cfg(name: str, overrides: list[str]):
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return compose(name, overrides=[*overrides, *(["progress_bar=false"] * (name != "export"))])
+    return compose_config(name, [*overrides, *(["progress_bar=false"] * (name != "export"))])
 
 
 @pytest.fixture
@@ -307,7 +311,8 @@ def test_predict_killed_by_a_signal_then_rerun_completes(sig, tiny_ckpt, picture
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]  # leftovers removed
 
 
-@pytest.mark.parametrize("fmt", [ONNX_SLOW, "torchscript"])
+@pytest.mark.slow  # two exports and a parity check each: ~2.5 s for TorchScript
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_overwrite_killed_mid_write_keeps_the_old_model(
     fmt, tiny_ckpt, tmp_path, monkeypatch
 ):

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image, ImageOps
 
 from segpets.errors import ConfigError
 from segpets.predict import SKIPPED_EXIT_CODE, predict
-from tests.conftest import CASES, CONFIG_DIR, run_segpets
+from tests.conftest import CASES, compose_config, run_segpets
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +30,7 @@ def inputs(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def compose_predict(overrides: list[str]):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("predict", overrides=[*overrides, "progress_bar=false"])
+    return compose_config("predict", [*overrides, "progress_bar=false"])
 
 
 def files_under(folder: Path) -> set[Path]:

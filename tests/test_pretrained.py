@@ -23,8 +23,14 @@ import segpets.train  # noqa: E402
 from segpets.command.build import build_module  # noqa: E402
 from segpets.errors import ConfigError  # noqa: E402
 from segpets.models import SmpNet, lite_wheels  # noqa: E402
-from tests.conftest import MINI_DATA, TINY_SYNTHETIC, compose_train, run_segpets  # noqa: E402
-from tests.test_bad_inputs import assert_one_line_error, cli  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    MINI_DATA,
+    TINY_SYNTHETIC,
+    assert_one_line_error,
+    cli,
+    compose_train,
+    run_segpets,
+)
 
 WHEEL = "imagenet-wheel"
 LITE0 = "tu-tf_efficientnet_lite0"

@@ -23,8 +23,8 @@ from segpets.command.build import build_module
 from segpets.errors import ConfigError
 from segpets.export import export_net
 from segpets.inference.model import load_model
-from tests.conftest import TINY_SYNTHETIC, compose_train
-from tests.test_bad_inputs import RunsCode, assert_one_line_error, cli
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli, compose_train
+from tests.test_bad_inputs import RunsCode
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,7 @@ REASONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_crafted_archive_is_refused_before_torch_reads_it(
     kind: str, good_pt2: Path, tmp_path: Path, monkeypatch, capfd
@@ -148,6 +149,7 @@ def test_crafted_archive_is_refused_before_torch_reads_it(
     assert not marker.exists() and not (tmp_path / "masks").exists()
 
 
+@pytest.mark.slow
 def test_compiled_code_and_unknown_entries_are_refused(good_pt2: Path, tmp_path: Path) -> None:
     evil = rewrite(good_pt2, tmp_path / "aoti.pt2", lambda name, data: None)
     with zipfile.ZipFile(evil, "a") as archive:
@@ -156,6 +158,7 @@ def test_compiled_code_and_unknown_entries_are_refused(good_pt2: Path, tmp_path:
         load_model(evil)
 
 
+@pytest.mark.slow
 def test_the_real_export_passes_and_loads(good_pt2: Path) -> None:
     model = load_model(good_pt2)
     assert model.config.model.width == 4

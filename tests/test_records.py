@@ -89,6 +89,7 @@ def test_hparams_are_on_disk_when_training_returns(tmp_path: Path, monkeypatch) 
     assert events.Scalars("hp/test/dice")[0].value == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_a_test_on_a_subset_says_so_and_stores_the_counts(tmp_path: Path, capsys) -> None:
     """trainer.limit_test_batches=1 (4 of the 12 test images): printed as "on 4 of 12 test
     images" and stored in test_metrics.json; a full test says nothing of the kind."""

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 import segpets.eval
 import segpets.train
-from tests.conftest import compose_train
-from tests.test_bad_inputs import BASE, cli
+from tests.conftest import cli, compose_train
+from tests.test_bad_inputs import BASE
 from tests.test_folder_data import make_folder
 
 # data=folder with every path relative to the folder a run starts in

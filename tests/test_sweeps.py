@@ -20,10 +20,8 @@ import segpets.train
 from segpets.command.overrides import override_arg
 from segpets.summarize import main as summarize_cli
 from segpets.summarize import read_curves
-from tests.conftest import REPO, TINY_SYNTHETIC, run_segpets
-from tests.test_bad_inputs import assert_one_line_error, cli
+from tests.conftest import REPO, TINY_SYNTHETIC, assert_one_line_error, cli, run_segpets
 
-# One intra-op thread per job: on a busy 2-core machine, torch's default threads fight over
 # the cores and the same tiny job takes ~10x longer.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = TINY_SYNTHETIC

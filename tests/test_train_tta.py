@@ -10,8 +10,7 @@ import pytest
 
 import segpets.eval
 import segpets.train
-from tests.conftest import TINY_SYNTHETIC
-from tests.test_bad_inputs import assert_one_line_error, cli
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli
 
 
 @pytest.mark.slow

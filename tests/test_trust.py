@@ -30,8 +30,16 @@ from segpets.command.build import build_module
 from segpets.errors import ConfigError
 from segpets.export import SUFFIXES, export_net
 from segpets.inference.model import _torchscript_extra
-from tests.conftest import CONFIG_DIR, ONNX_SLOW, TINY_SYNTHETIC, compose_train
-from tests.test_bad_inputs import RunsCode, assert_one_line_error, cli
+from tests.conftest import (
+    CONFIG_DIR,
+    ONNX_SLOW,
+    TINY_SYNTHETIC,
+    TORCH_EXPORT_SLOW,
+    assert_one_line_error,
+    cli,
+    compose_train,
+)
+from tests.test_bad_inputs import RunsCode
 
 UNTRUSTED = r"untrusted (target|interpolation) '"
 
@@ -123,7 +131,7 @@ def test_test_only_run_refuses_a_crafted_checkpoint(config, tmp_path, monkeypatc
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("fmt", [ONNX_SLOW, "torch_export", "torchscript"])
+@pytest.mark.parametrize("fmt", [ONNX_SLOW, TORCH_EXPORT_SLOW, "torchscript"])
 @pytest.mark.parametrize("kind", ["nested eval transform", "interpolated target"])
 def test_crafted_export_is_refused_by_predict(fmt, kind, config, tmp_path, monkeypatch, capfd):
     """An export carries its config in its metadata; predict checks it like a checkpoint's,
@@ -163,12 +171,12 @@ def options(group: str) -> list[str]:
 def test_every_shipped_config_is_trusted(override: str, tmp_path: Path) -> None:
     """The allowlist covers what every shipped model/loss/data option and experiment
     builds, so a checkpoint of any of them can be evaluated, exported and predicted with."""
-    overrides = [override]
-    if compose_train(overrides, tmp_path).model.get("encoder_weights") == "imagenet":
-        overrides.append("model.encoder_weights=null")  # offline: smp's statistics need the hub
+    cfg = compose_train([override], tmp_path)
+    if cfg.model.get("encoder_weights") == "imagenet":
+        cfg.model.encoder_weights = None  # offline: smp's statistics need the hub
     if override == "data=folder":  # a trained checkpoint holds its folders, never '???'
-        overrides += ["data.images=images", "data.masks=masks"]
-    config = OmegaConf.to_container(compose_train(overrides, tmp_path), resolve=True)
+        cfg.data.images, cfg.data.masks = "images", "masks"
+    config = OmegaConf.to_container(cfg, resolve=True)
     for section in REBUILT_SECTIONS:
         check_plain_data(config[section], section, "test")
         check_stored_values(config[section], section, "test")

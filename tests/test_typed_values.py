@@ -22,8 +22,7 @@ from segpets.command.checks import check_values
 from segpets.command.typed import parameters, value_problem
 from segpets.config_types import RGB, NumClasses, Workers, describe
 from segpets.errors import ConfigError
-from tests.conftest import compose_train
-from tests.test_bad_inputs import assert_one_line_error, cli
+from tests.conftest import assert_one_line_error, cli, compose_train
 
 ENTRIES = {
     "train": (segpets.train.main, []),

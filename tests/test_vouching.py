@@ -23,8 +23,7 @@ import segpets.predict
 import segpets.train
 from segpets.checkpoints.trust import check_plain_data
 from segpets.errors import ConfigError
-from tests.conftest import TINY_SYNTHETIC, compose_train
-from tests.test_bad_inputs import assert_one_line_error, cli
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli, compose_train
 from tests.test_trust import crafted, image, save_ckpt
 
 ENTRY_POINT_GROUP = "segpets.trusted_targets"
@@ -131,6 +130,7 @@ def test_own_net_unvouched_is_refused_saying_how_to_vouch(
     assert not wrote(entry, tmp_path) and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", READERS, ids=READER_IDS)
 def test_own_net_vouched_on_the_command_line(entry, own, own_run, tmp_path, monkeypatch, capfd):
     ckpt = own_run / "checkpoints" / "last.ckpt"
@@ -140,6 +140,7 @@ def test_own_net_vouched_on_the_command_line(entry, own, own_run, tmp_path, monk
     assert wrote(entry, tmp_path)
 
 
+@pytest.mark.slow
 def test_export_of_own_net_is_vouched_like_a_checkpoint(own, own_run, tmp_path, monkeypatch, capfd):
     """An export carries the training config too: predict reads it only when vouched."""
     onnx = tmp_path / "model.onnx"
@@ -154,6 +155,7 @@ def test_export_of_own_net_is_vouched_like_a_checkpoint(own, own_run, tmp_path, 
     assert list((tmp_path / "m").glob("*_mask.png"))
 
 
+@pytest.mark.slow
 def test_own_net_vouched_in_the_users_config(own, own_run, tmp_path, monkeypatch, capfd):
     """``trusted_targets`` in a primary config of the user's own that extends segpets' eval
     (``--config-dir`` + ``--config-name``), instead of on every command line."""
@@ -169,6 +171,7 @@ def test_own_net_vouched_in_the_users_config(own, own_run, tmp_path, monkeypatch
     assert wrote(segpets.eval.main, tmp_path)
 
 
+@pytest.mark.slow
 def test_own_net_vouched_by_an_installed_package(own, own_run, tmp_path, monkeypatch, capfd):
     from segpets.checkpoints.trust import installed_targets
 
@@ -225,6 +228,7 @@ def test_crafted_checkpoint_is_refused_whatever_else_is_vouched_for(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_own_net_resumes_and_tests_without_vouching(own, own_run, tmp_path, monkeypatch, capfd):
     """A training run trusts the targets its own config builds (the user's net here) in the
     checkpoint it resumes from or tests: it never builds the stored config."""
@@ -239,6 +243,7 @@ def test_own_net_resumes_and_tests_without_vouching(own, own_run, tmp_path, monk
     assert code == 0, err[-3000:]
 
 
+@pytest.mark.slow
 def test_resume_trusts_only_what_its_own_config_builds(own, own_run, tmp_path, monkeypatch, capfd):
     """A checkpoint of the user's net whose data section names another class is refused on
     resume: the run's own config does not build that class."""

@@ -24,8 +24,7 @@ from segpets.command.build import build_module  # noqa: E402
 from segpets.errors import ConfigError  # noqa: E402
 from segpets.losses import BCEDiceLoss  # noqa: E402
 from segpets.models import SmpNet, smp_weights  # noqa: E402
-from tests.conftest import TINY_SYNTHETIC, compose_train  # noqa: E402
-from tests.test_bad_inputs import assert_one_line_error, cli  # noqa: E402
+from tests.conftest import TINY_SYNTHETIC, assert_one_line_error, cli, compose_train  # noqa: E402
 
 # smp's own and timm encoders, CNN and transformer, the dilated (DeepLabV3+), the one with a
 # minimum size (PAN: 128 px) and the shallow one (PSPNet: encoder_depth 3, stride 8)

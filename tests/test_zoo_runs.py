@@ -21,12 +21,11 @@ from segpets.eval import evaluate  # noqa: E402
 from segpets.export import SUFFIXES, export  # noqa: E402
 from segpets.inference.model import load_model  # noqa: E402
 from segpets.train import train  # noqa: E402
-from tests.conftest import compose_train, fit_steps  # noqa: E402
+from tests.conftest import compose_config, compose_train, fit_steps  # noqa: E402
 from tests.test_ddp import ddp_args, run_to_completion  # noqa: E402
 from tests.test_export import (  # noqa: E402
     assert_parity,
     assert_predict_from_onnx_matches,
-    compose_cfg,
 )
 from tests.test_zoo import STATS, encoder_file  # noqa: E402
 
@@ -81,7 +80,7 @@ def test_eval_reproduces_the_test_dice_with_tta_and_full_res(zoo_run: dict, mini
     zoo_run["weights"].rename(zoo_run["weights"].with_suffix(".moved"))  # not needed by eval
     try:
         out = zoo_run["out"] / "eval"
-        evaluate(compose_cfg("eval", args), out)
+        evaluate(compose_config("eval", args), out)
     finally:
         zoo_run["weights"].with_suffix(".moved").rename(zoo_run["weights"])
     report = json.loads((out / "metrics.json").read_text())
@@ -125,7 +124,7 @@ def zoo_ckpt(request, mini_root: Path, tmp_path_factory: pytest.TempPathFactory)
 )
 def test_zoo_export_parity(fmt: str, zoo_ckpt: Path, mini_root: Path, tmp_path: Path) -> None:
     output = tmp_path / f"model{SUFFIXES[fmt]}"
-    export(compose_cfg("export", [f"ckpt_path={zoo_ckpt}", f"format={fmt}", f"output={output}"]))
+    export(compose_config("export", [f"ckpt_path={zoo_ckpt}", f"format={fmt}", f"output={output}"]))
     assert_parity(zoo_ckpt, output, mini_root, odd_size=(97, 131))  # padded inside, cropped
 
 
