@@ -23,8 +23,8 @@ $(VENV)/.installed: pyproject.toml
 train: setup  ## a real training run on the generated pets set (CPU): the quickstart
 	$(BIN)/python -m segpets.train experiment=quickstart
 
-test: lint  ## ruff, then the whole test suite (CPU, several minutes)
-	$(BIN)/python -m pytest
+test: lint  ## ruff, then the whole test suite, one pytest-xdist worker per core (~14 min on 2)
+	$(BIN)/python -m pytest -n auto
 
 test-fast: setup  ## the tests not marked slow, one pytest-xdist worker per core (under 3 min on 2)
 	$(BIN)/python -m pytest -m "not slow" -q -n auto
