@@ -163,9 +163,9 @@ def forget_hydra_run():
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread_per_xdist_worker() -> None:
-    """Under pytest-xdist (``make test-fast``: one worker per core) each worker computes on one
-    thread: tiny tensors gain nothing from more, and two workers of two threads on two cores
-    slow each other down."""
+    """Under pytest-xdist (``make test``, ``make test-fast``: one worker per core) each worker
+    computes on one thread: tiny tensors gain nothing from more, and two workers of two threads
+    on two cores slow each other down."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
@@ -214,15 +214,18 @@ def compose_config(
     """The real config ``name`` (train, eval, predict, export, bench) composed by Hydra with
     ``overrides``, as the command line would (with its ``hydra`` node if asked), from the
     configs inside the package. A copy: a test may change it. The same command line in the same
-    folder composes once per test session (~0.25 s each on 2 cores): segpets' config files do
+    folder composes once per test process (~0.25 s each on 2 cores): segpets' config files do
     not change while the tests run, and interpolations (``${oc.env:...}``, paths) stay
-    unresolved in the copy."""
+    unresolved in the copy. Overrides of ``hydra.*`` (a search path into a test's own folder,
+    whose files it may change) compose every time."""
     key = (name, tuple(overrides), return_hydra_config, os.getcwd())
-    if key not in _COMPOSED:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(name, overrides=overrides, return_hydra_config=return_hydra_config)
-        _COMPOSED[key] = cfg
-    return copy.deepcopy(_COMPOSED[key])
+    if key in _COMPOSED:
+        return copy.deepcopy(_COMPOSED[key])
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=return_hydra_config)
+    if not any(o.lstrip("+~").startswith("hydra.") for o in overrides):
+        _COMPOSED[key] = copy.deepcopy(cfg)
+    return cfg
 
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -22,6 +22,7 @@ import segpets.train
 from segpets.command.entry import check_command_line
 from tests.conftest import cli
 
+# A user's project: options of their own in five groups, two extending segpets' own.
 OWN_CONFIGS = {
     "model/mine.yaml": "_target_: userpkg.nets.MyNet\nwidth: 4\n",
     "data/mine.yaml": "defaults:\n  - synthetic\n  - _self_\nnum_trainval: 20\nnum_test: 4\n",

@@ -22,6 +22,7 @@ from segpets.summarize import main as summarize_cli
 from segpets.summarize import read_curves
 from tests.conftest import REPO, TINY_SYNTHETIC, assert_one_line_error, cli, run_segpets
 
+# One intra-op thread per job: on a busy 2-core machine, torch's default threads fight over
 # the cores and the same tiny job takes ~10x longer.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = TINY_SYNTHETIC
